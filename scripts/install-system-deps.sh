@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the real servers the test suite starts: redis-server and Debian's
+# docker-registry (distribution 2.8). Skips apt when both are already there.
+set -euo pipefail
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "installing ${need[*]} from Debian's packages"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The packages start nothing here (no systemd); the test fixtures start their own instances.
