@@ -1,0 +1,195 @@
+"""GetAuthHeaders: discovery, then Basic or a cached/fetched bearer token.
+
+This is the two-layer OCI auth of the seed. Discovery results are cached per
+upstream (one ping per upstream per ``challenge_cache_seconds``, not per call),
+tokens per (upstream, realm, service, scope, credentials) in the token cache,
+and concurrent misses for one key collapse into one ping and one token request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import httpx
+
+from vregistry_server.basic import basic_authorization
+from vregistry_server.config import Settings, Upstream
+from vregistry_server.errors import CredentialsRejected, UpstreamUnreachable
+from vregistry_server.http import Budget
+from vregistry_server.paths import RegistryPath, pull_scope
+from vregistry_server.ping import AuthDiscovery, Scheme, ping
+from vregistry_server.singleflight import SingleFlight
+from vregistry_server.token_cache import CachedToken, TokenCache, cache_key
+from vregistry_server.token_exchange import TokenExchanger
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS_FINGERPRINT = "anonymous"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthHeaders:
+    headers: dict[str, str] = field(repr=False)
+    scheme: Scheme
+    expires_at: float | None = None  # unix time; None when the headers do not expire
+    cache_hit: bool = False
+    token_key: str | None = None  # the cache key of the token, to drop it when rejected
+
+
+class Authenticator:
+    def __init__(self, client: httpx.AsyncClient, cache: TokenCache, settings: Settings) -> None:
+        self._client = client
+        self._cache = cache
+        self._settings = settings
+        self._exchanger = TokenExchanger(client)
+        self._discoveries: dict[str, tuple[AuthDiscovery, float]] = {}
+        self._discovery_flight: SingleFlight[AuthDiscovery] = SingleFlight()
+        self._token_flight: SingleFlight[CachedToken] = SingleFlight()
+
+    @property
+    def cache(self) -> TokenCache:
+        return self._cache
+
+    # ------------------------------------------------------------------ discovery
+
+    async def discover(self, upstream: Upstream, budget: Budget) -> AuthDiscovery:
+        cached = self._discoveries.get(upstream.id)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        return await self._wait(
+            self._discovery_flight.run(upstream.id, lambda: self._ping_and_remember(upstream)),
+            budget,
+        )
+
+    async def _ping_and_remember(self, upstream: Upstream) -> AuthDiscovery:
+        discovery = await ping(self._client, upstream, self._shared_budget())
+        self.remember(upstream, discovery)
+        log.info(
+            "discovered auth scheme",
+            extra={
+                "upstream": upstream.name,
+                "upstream_id": upstream.id,
+                "scheme": discovery.scheme.value,
+                "realm_host": httpx.URL(discovery.realm).host if discovery.realm else "",
+                "service": discovery.service,
+            },
+        )
+        return discovery
+
+    def remember(self, upstream: Upstream, discovery: AuthDiscovery) -> None:
+        valid_until = time.monotonic() + self._settings.challenge_cache_seconds
+        self._discoveries[upstream.id] = (discovery, valid_until)
+
+    def forget(self, upstream_id: str) -> None:
+        """Drop what we know about an upstream's auth: the next call rediscovers it."""
+        self._discoveries.pop(upstream_id, None)
+        self._exchanger.forget(upstream_id)
+
+    # ------------------------------------------------------------------ headers
+
+    async def headers_for(
+        self,
+        upstream: Upstream,
+        path: RegistryPath,
+        budget: Budget,
+        actions: Sequence[str] = (),
+        *,
+        discovery: AuthDiscovery | None = None,
+        bypass_cache: bool = False,
+    ) -> AuthHeaders:
+        if discovery is None:
+            discovery = await self.discover(upstream, budget)
+        if discovery.scheme is Scheme.NONE:
+            return AuthHeaders({}, Scheme.NONE)
+        if discovery.scheme is Scheme.BASIC:
+            if upstream.credentials is None:
+                raise CredentialsRejected(
+                    f"upstream {upstream.name!r} requires Basic credentials and none are configured",
+                    metadata={"upstream_id": upstream.id},
+                )
+            return AuthHeaders(
+                {"Authorization": basic_authorization(upstream.credentials)}, Scheme.BASIC
+            )
+        scope = pull_scope(path, actions)
+        scopes = [scope] if scope else []
+        return await self._bearer(upstream, discovery, scopes, budget, bypass_cache=bypass_cache)
+
+    async def _bearer(
+        self,
+        upstream: Upstream,
+        discovery: AuthDiscovery,
+        scopes: list[str],
+        budget: Budget,
+        *,
+        bypass_cache: bool,
+    ) -> AuthHeaders:
+        fingerprint = (
+            upstream.credentials.fingerprint if upstream.credentials else ANONYMOUS_FINGERPRINT
+        )
+        key = cache_key(upstream.id, discovery.realm, discovery.service, scopes, fingerprint)
+        if bypass_cache:
+            await self._cache.delete(key)
+        else:
+            cached = await self._cache.get(key)
+            if cached is not None and cached.expires_at > time.time():
+                return _bearer_headers(cached, key, cache_hit=True)
+        token = await self._wait(
+            self._token_flight.run(
+                key, lambda: self._fetch_and_store(upstream, discovery, scopes, key)
+            ),
+            budget,
+        )
+        return _bearer_headers(token, key, cache_hit=False)
+
+    async def _fetch_and_store(
+        self, upstream: Upstream, discovery: AuthDiscovery, scopes: list[str], key: str
+    ) -> CachedToken:
+        token = await self._exchanger.fetch(upstream, discovery, scopes, self._shared_budget())
+        cached = CachedToken(value=token.value, expires_at=token.expires_at)
+        ttl = min(
+            token.expires_at - time.time() - self._settings.token_expiry_margin_seconds,
+            self._settings.token_cache_max_ttl_seconds,
+        )
+        await self._cache.set(key, cached, ttl)
+        log.info(
+            "fetched bearer token",
+            extra={
+                "upstream": upstream.name,
+                "upstream_id": upstream.id,
+                "scope": " ".join(scopes),
+                "expires_in_s": round(token.expires_at - time.time(), 1),
+                "cache_ttl_s": round(max(ttl, 0.0), 1),
+            },
+        )
+        return cached
+
+    async def drop_token(self, key: str) -> None:
+        await self._cache.delete(key)
+
+    def _shared_budget(self) -> Budget:
+        # A shared fetch serves many callers: it runs on the configured budget,
+        # and each caller waits on it no longer than its own deadline.
+        return Budget.start(self._settings.request_timeout_seconds)
+
+    @staticmethod
+    async def _wait(awaitable: Awaitable[T], budget: Budget) -> T:
+        try:
+            async with budget.timeout():
+                return await awaitable
+        except TimeoutError:
+            raise UpstreamUnreachable("timed out waiting for the upstream's auth") from None
+
+
+def _bearer_headers(token: CachedToken, key: str, *, cache_hit: bool) -> AuthHeaders:
+    return AuthHeaders(
+        {"Authorization": f"Bearer {token.value}"},
+        Scheme.BEARER,
+        expires_at=token.expires_at,
+        cache_hit=cache_hit,
+        token_key=key,
+    )

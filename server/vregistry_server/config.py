@@ -1,0 +1,361 @@
+"""Configuration: a YAML file of upstreams and registries, validated at start.
+
+The file never holds a secret itself: passwords come by reference
+(``password_env`` or ``password_file``). Every error names the file, the entry
+and the field, so a bad deploy fails loudly at start instead of at the first pull.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_MAX_UPSTREAMS_PER_REGISTRY = 20
+MAX_CACHE_VALIDITY_HOURS = 24 * 365
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+# --------------------------------------------------------------------------- runtime objects
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A username and password; the repr never shows the password."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password='***')"
+
+    @property
+    def fingerprint(self) -> str:
+        return credential_fingerprint(self.username, self.password)
+
+
+_fingerprints: dict[tuple[str, str], str] = {}
+
+
+def credential_fingerprint(username: str, password: str) -> str:
+    """A slow, salted hash of the credentials, for cache keys.
+
+    Cache keys live in Redis where other tools can read them; a plain hash of a
+    short password is cheap to reverse, a PBKDF2 one is not. It is the same on
+    every replica (so they share tokens) and memoised (so it costs once).
+    """
+    cache_key = (username, password)
+    cached = _fingerprints.get(cache_key)
+    if cached is None:
+        salt = b"vregistry-credential-fingerprint-v1:" + username.encode()
+        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000)
+        cached = digest.hex()[:32]
+        _fingerprints[cache_key] = cached
+    return cached
+
+
+TokenFlow = Literal["auto", "get", "oauth2"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    id: str
+    name: str
+    url: str
+    credentials: Credentials | None = None
+    description: str = ""
+    cache_validity_hours: int = 24
+    allow_http: bool = False
+    token_flow: TokenFlow = "auto"
+    client_id: str = "vregistry"
+
+    def url_for(self, api_path: str) -> str:
+        return f"{self.url}/v2/{api_path}"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryUpstream:
+    upstream: Upstream
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    id: str
+    name: str
+    description: str
+    upstreams: tuple[RegistryUpstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    redis_url: str | None = None
+    token_cache_max_ttl_seconds: float = 180.0
+    token_expiry_margin_seconds: float = 10.0
+    connect_timeout_seconds: float = 3.0
+    request_timeout_seconds: float = 10.0
+    probe_concurrency: int = 3
+    probe_timeout_seconds: float = 5.0
+    max_upstreams_per_registry: int = DEFAULT_MAX_UPSTREAMS_PER_REGISTRY
+    challenge_cache_seconds: float = 3600.0
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    upstreams: Mapping[str, Upstream]
+    registries: Mapping[str, Registry]
+    settings: Settings = field(default_factory=Settings)
+    source: str = "<memory>"
+
+
+# --------------------------------------------------------------------------- file schema
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamEntry(_Strict):
+    id: str = Field(pattern=_ID_PATTERN)
+    name: str = Field(min_length=1, max_length=255)
+    url: str = Field(min_length=1, max_length=255)
+    description: str = Field(default="", max_length=1024)
+    username: str | None = Field(default=None, min_length=1, max_length=255)
+    password_env: str | None = Field(default=None, min_length=1)
+    password_file: str | None = Field(default=None, min_length=1)
+    cache_validity_hours: int = Field(default=24, ge=0, le=MAX_CACHE_VALIDITY_HOURS)
+    allow_http: bool = False
+    token_flow: TokenFlow = "auto"
+    client_id: str = Field(default="vregistry", min_length=1, max_length=255)
+
+
+class RegistryEntry(_Strict):
+    id: str = Field(pattern=_ID_PATTERN)
+    name: str = Field(min_length=1, max_length=255)
+    description: str = Field(default="", max_length=1024)
+    upstreams: list[str] = Field(default_factory=list)
+
+
+class SettingsEntry(_Strict):
+    listen: str | None = None
+    redis_url: str | None = None
+    token_cache_max_ttl_seconds: float = Field(default=180.0, gt=0, le=86400)
+    token_expiry_margin_seconds: float = Field(default=10.0, ge=0, le=300)
+    connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    probe_concurrency: int = Field(default=3, ge=1, le=64)
+    probe_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    max_upstreams_per_registry: int = Field(
+        default=DEFAULT_MAX_UPSTREAMS_PER_REGISTRY, ge=1, le=1000
+    )
+    challenge_cache_seconds: float = Field(default=3600.0, ge=0, le=86400)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
+class ConfigFile(_Strict):
+    upstreams: list[UpstreamEntry] = Field(default_factory=list)
+    registries: list[RegistryEntry] = Field(default_factory=list)
+    settings: SettingsEntry = Field(default_factory=SettingsEntry)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve a YAML config file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
+    return build_config(data if data is not None else {}, source=source, env=env)
+
+
+def build_config(
+    data: Any, *, source: str = "<memory>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed document (as from YAML) into a Config."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping with 'upstreams' and 'registries'"
+        )
+    try:
+        parsed = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(source, data, exc)) from None
+    environ = os.environ if env is None else env
+    settings = _build_settings(parsed.settings)
+    upstreams: dict[str, Upstream] = {}
+    for index, entry in enumerate(parsed.upstreams):
+        where = f"{source}: upstreams[{index}] (id {entry.id!r})"
+        if entry.id in upstreams:
+            raise ConfigError(f"{where}: field 'id': duplicate upstream id")
+        upstreams[entry.id] = _build_upstream(entry, where, environ)
+    registries: dict[str, Registry] = {}
+    for index, reg in enumerate(parsed.registries):
+        where = f"{source}: registries[{index}] (id {reg.id!r})"
+        if reg.id in registries:
+            raise ConfigError(f"{where}: field 'id': duplicate registry id")
+        registries[reg.id] = _build_registry(reg, where, upstreams, settings)
+    return Config(upstreams=upstreams, registries=registries, settings=settings, source=source)
+
+
+def _build_settings(entry: SettingsEntry) -> Settings:
+    values = entry.model_dump(exclude_none=True)
+    return Settings(**values)
+
+
+def normalize_upstream_url(url: str, *, allow_http: bool) -> str:
+    """Check an upstream URL and drop a trailing "/" and "/v2", as GitLab does."""
+    parts = urlsplit(url.strip())
+    if parts.scheme == "http" and not allow_http:
+        raise ValueError(
+            "must use https (set allow_http: true only for a plain-http local registry)"
+        )
+    if parts.scheme not in {"http", "https"}:
+        raise ValueError("must be an http(s) URL such as https://registry-1.docker.io")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials; use username and password_env")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query string or fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    base = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+    if base.endswith("/v2"):
+        base = base[: -len("/v2")].rstrip("/")
+    return base
+
+
+def _build_upstream(entry: UpstreamEntry, where: str, env: Mapping[str, str]) -> Upstream:
+    try:
+        url = normalize_upstream_url(entry.url, allow_http=entry.allow_http)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: field 'url': {exc}") from None
+    return Upstream(
+        id=entry.id,
+        name=entry.name,
+        url=url,
+        credentials=_resolve_credentials(entry, where, env),
+        description=entry.description,
+        cache_validity_hours=entry.cache_validity_hours,
+        allow_http=entry.allow_http,
+        token_flow=entry.token_flow,
+        client_id=entry.client_id,
+    )
+
+
+def _resolve_credentials(
+    entry: UpstreamEntry, where: str, env: Mapping[str, str]
+) -> Credentials | None:
+    if entry.password_env and entry.password_file:
+        raise ConfigError(
+            f"{where}: field 'password_env': give password_env or password_file, not both"
+        )
+    has_password_ref = bool(entry.password_env or entry.password_file)
+    if entry.username is None and not has_password_ref:
+        return None
+    if entry.username is None:
+        raise ConfigError(
+            f"{where}: field 'username': a password is set but no username (give both or neither)"
+        )
+    if not has_password_ref:
+        raise ConfigError(
+            f"{where}: field 'password_env': a username is set but no password_env or password_file (give both or neither)"
+        )
+    if entry.password_env:
+        password = env.get(entry.password_env)
+        if not password:
+            raise ConfigError(
+                f"{where}: field 'password_env': environment variable {entry.password_env} is not set or empty"
+            )
+    else:
+        assert entry.password_file is not None
+        try:
+            password = Path(entry.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: field 'password_file': cannot read {entry.password_file}: {exc.strerror}"
+            ) from None
+        if not password:
+            raise ConfigError(f"{where}: field 'password_file': {entry.password_file} is empty")
+    return Credentials(username=entry.username, password=password)
+
+
+def _build_registry(
+    entry: RegistryEntry, where: str, upstreams: Mapping[str, Upstream], settings: Settings
+) -> Registry:
+    limit = settings.max_upstreams_per_registry
+    if len(entry.upstreams) > limit:
+        raise ConfigError(
+            f"{where}: field 'upstreams': {len(entry.upstreams)} upstreams, at most {limit} allowed"
+            " (settings.max_upstreams_per_registry)"
+        )
+    members: list[RegistryUpstream] = []
+    seen: set[str] = set()
+    for position, upstream_id in enumerate(entry.upstreams, start=1):
+        if upstream_id in seen:
+            raise ConfigError(
+                f"{where}: field 'upstreams': upstream {upstream_id!r} is listed twice"
+            )
+        seen.add(upstream_id)
+        upstream = upstreams.get(upstream_id)
+        if upstream is None:
+            raise ConfigError(f"{where}: field 'upstreams': unknown upstream {upstream_id!r}")
+        members.append(RegistryUpstream(upstream=upstream, position=position))
+    return Registry(
+        id=entry.id, name=entry.name, description=entry.description, upstreams=tuple(members)
+    )
+
+
+def _describe_validation_error(source: str, data: Mapping[str, Any], exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = list(err["loc"])
+        where = source
+        if len(loc) >= 2 and loc[0] in {"upstreams", "registries"} and isinstance(loc[1], int):
+            section, index = loc[0], loc[1]
+            where += f": {section}[{index}]"
+            entries = data.get(section)
+            if (
+                isinstance(entries, list)
+                and index < len(entries)
+                and isinstance(entries[index], dict)
+            ):
+                entry_id = entries[index].get("id")
+                if isinstance(entry_id, str):
+                    where += f" (id {entry_id!r})"
+            loc = loc[2:]
+        field_name = ".".join(str(part) for part in loc) or "(entry)"
+        lines.append(f"{where}: field '{field_name}': {err['msg']}")
+    return "\n".join(lines)

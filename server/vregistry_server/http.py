@@ -1,0 +1,159 @@
+"""The HTTP plumbing every upstream call shares.
+
+One long-lived httpx.AsyncClient (connection reuse matters on the hot path),
+bodies read with a cap, redirects followed by hand so that ``Authorization``
+never travels to another host, and a time budget that respects both the
+configured timeout and the caller's gRPC deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_REDIRECTS = 3
+USER_AGENT = "vregistry/0.1 (+https://github.com/vregistry/vregistry)"
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def make_client(*, connect_timeout: float, request_timeout: float) -> httpx.AsyncClient:
+    # trust_env=False: no proxy or .netrc from the environment can inject credentials.
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(request_timeout, connect=connect_timeout),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long an operation may take: the configured total, cut by the caller's deadline."""
+
+    deadline: float  # time.monotonic() value
+
+    @classmethod
+    def start(cls, total_seconds: float, caller_remaining: float | None = None) -> Budget:
+        seconds = (
+            total_seconds if caller_remaining is None else min(total_seconds, caller_remaining)
+        )
+        return cls(time.monotonic() + max(seconds, 0.0))
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timeout(self) -> asyncio.Timeout:
+        return asyncio.timeout_at(asyncio.get_running_loop().time() + max(self.remaining(), 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response whose body, if read, is at most MAX_BODY_BYTES."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    url: httpx.URL
+
+    def header_values(self, name: str) -> list[str]:
+        return self.headers.get_list(name)
+
+
+async def read_capped(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamProtocolError(
+                f"response from {_origin(response.url)} is larger than {limit} bytes"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _origin(url: httpx.URL) -> str:
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+
+
+def describe_transport_error(exc: Exception, url: httpx.URL | str) -> str:
+    origin = _origin(httpx.URL(str(url)))
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return f"timed out talking to {origin}"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to {origin}"
+    return f"connection to {origin} failed ({type(exc).__name__})"
+
+
+@asynccontextmanager
+async def transport_errors(url: httpx.URL | str) -> AsyncIterator[None]:
+    """Turn connection failures and timeouts into UpstreamUnreachable."""
+    try:
+        yield
+    except (httpx.TransportError, TimeoutError) as exc:
+        raise UpstreamUnreachable(describe_transport_error(exc, url)) from None
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str | httpx.URL,
+    *,
+    budget: Budget,
+    headers: dict[str, str] | None = None,
+    params: list[tuple[str, str]] | None = None,
+    data: dict[str, str] | None = None,
+    read_body: bool = True,
+    follow_redirects: bool = True,
+) -> Response:
+    """Send a request within the budget, following redirects safely.
+
+    Authorization is dropped as soon as a redirect leaves the original host,
+    and an https -> http downgrade is refused.
+    """
+    request_headers = dict(headers or {})
+    current = httpx.URL(str(url))
+    original_host = (current.host, current.port)
+    async with transport_errors(current), budget.timeout():
+        for _hop in range(MAX_REDIRECTS + 1):
+            request = client.build_request(
+                method,
+                current,
+                headers=request_headers,
+                params=tuple(params) if params else None,
+                data=data,
+            )
+            response = await client.send(request, stream=True)
+            try:
+                location = response.headers.get("location")
+                if follow_redirects and response.status_code in _REDIRECT_STATUSES and location:
+                    target = current.join(location)
+                    _check_redirect(current, target)
+                    if (target.host, target.port) != original_host:
+                        request_headers.pop("Authorization", None)
+                        request_headers.pop("authorization", None)
+                    if response.status_code == 303 and method != "HEAD":
+                        method, data = "GET", None
+                    current, params = target, None
+                    continue
+                body = await read_capped(response) if read_body and method != "HEAD" else b""
+                return Response(response.status_code, response.headers, body, response.url)
+            finally:
+                await response.aclose()
+    raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {_origin(current)}")
+
+
+def _check_redirect(current: httpx.URL, target: httpx.URL) -> None:
+    if target.scheme not in {"http", "https"}:
+        raise UpstreamProtocolError(f"redirect from {_origin(current)} to a non-http URL")
+    if current.scheme == "https" and target.scheme == "http":
+        raise UpstreamProtocolError(f"redirect from {_origin(current)} downgrades https to http")

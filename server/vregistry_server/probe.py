@@ -1,0 +1,304 @@
+"""ResolveUpstream: which upstream, in position order, has a manifest or blob.
+
+The port of GitLab's CheckUpstreamsService, without its flaw of calling every
+failure "not found": each upstream's outcome is kept apart (found, not found,
+auth failed, rate limited, unavailable, not checked). Upstreams are probed
+concurrently, but the answer is the one sequential checking would give: the
+result of position N is only accepted once positions 1..N-1 have answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from vregistry_server.auth import Authenticator, AuthHeaders
+from vregistry_server.config import Registry, RegistryUpstream
+from vregistry_server.errors import (
+    CredentialsRejected,
+    Kind,
+    ResolveFailed,
+    ResolverError,
+    UpstreamUnreachable,
+)
+from vregistry_server.http import Budget, Response, send
+from vregistry_server.paths import Endpoint, RegistryPath
+from vregistry_server.ping import discovery_from_response
+
+log = logging.getLogger(__name__)
+
+# Sent on every manifest probe: distribution answers 404 for an OCI manifest
+# when Accept lacks the OCI types, which would read as "not found".
+MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
+_STORAGE_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_RETRY_AFTER_SECONDS = 24 * 3600
+
+
+class Outcome(enum.Enum):
+    FOUND = "found"
+    NOT_FOUND = "not_found"
+    AUTH_FAILED = "auth_failed"
+    UNAVAILABLE = "unavailable"
+    NOT_CHECKED = "not_checked"
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass(slots=True)
+class Attempt:
+    upstream_id: str
+    position: int
+    outcome: Outcome
+    http_status: int = 0
+    latency_ms: float = 0.0
+    message: str = ""
+    retry_after_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    member: RegistryUpstream
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    digest: str
+    media_type: str
+    size: int  # -1 when the upstream sent no Content-Length
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    hit: Hit
+    attempts: list[Attempt]
+
+
+class Prober:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        authenticator: Authenticator,
+        *,
+        concurrency: int,
+        probe_timeout_seconds: float,
+    ) -> None:
+        self._client = client
+        self._auth = authenticator
+        self._concurrency = concurrency
+        self._probe_timeout = probe_timeout_seconds
+
+    async def resolve(self, registry: Registry, path: RegistryPath, budget: Budget) -> Resolution:
+        members = sorted(registry.upstreams, key=lambda m: m.position)
+        # Semaphore waiters wake in FIFO order and tasks start in creation
+        # order, so lower positions are always probed first.
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def gated(member: RegistryUpstream) -> tuple[Attempt, Hit | None]:
+            async with gate:
+                return await self.probe(member, path, budget)
+
+        tasks = [asyncio.create_task(gated(member)) for member in members]
+        attempts: list[Attempt] = []
+        try:
+            for index, task in enumerate(tasks):
+                attempt, hit = await task
+                attempts.append(attempt)
+                if hit is not None:
+                    attempts += [
+                        Attempt(m.upstream.id, m.position, Outcome.NOT_CHECKED)
+                        for m in members[index + 1 :]
+                    ]
+                    return Resolution(hit, attempts)
+        finally:
+            pending = [task for task in tasks if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        raise _failure(registry, path, attempts)
+
+    async def probe(
+        self, member: RegistryUpstream, path: RegistryPath, budget: Budget
+    ) -> tuple[Attempt, Hit | None]:
+        upstream = member.upstream
+        started = time.perf_counter()
+        probe_budget = Budget(min(budget.deadline, time.monotonic() + self._probe_timeout))
+        attempt = Attempt(upstream.id, member.position, Outcome.UNAVAILABLE)
+        hit: Hit | None = None
+        try:
+            hit = await self._probe(member, path, probe_budget, attempt)
+        except CredentialsRejected as exc:
+            attempt.outcome, attempt.message = Outcome.AUTH_FAILED, exc.message
+        except ResolverError as exc:
+            attempt.outcome, attempt.message = Outcome.UNAVAILABLE, exc.message
+        except TimeoutError:
+            attempt.outcome, attempt.message = Outcome.UNAVAILABLE, "timed out"
+        attempt.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        log.debug(
+            "probed upstream",
+            extra={
+                "upstream": upstream.name,
+                "upstream_id": upstream.id,
+                "outcome": attempt.outcome.value,
+                "http_status": attempt.http_status,
+                "latency_ms": attempt.latency_ms,
+            },
+        )
+        return attempt, hit
+
+    async def _probe(
+        self, member: RegistryUpstream, path: RegistryPath, budget: Budget, attempt: Attempt
+    ) -> Hit | None:
+        upstream = member.upstream
+        url = upstream.url_for(path.api_path)
+        auth = await self._auth.headers_for(upstream, path, budget)
+        response = await self._check(url, path, auth, budget)
+        if response.status == 401:
+            # The token was revoked or expired early, or this resource asks for
+            # another challenge than /v2/ did: re-authenticate once and retry.
+            discovery = discovery_from_response(upstream, response)
+            if auth.cache_hit or discovery.scheme is not auth.scheme:
+                self._auth.remember(upstream, discovery)
+                auth = await self._auth.headers_for(
+                    upstream, path, budget, discovery=discovery, bypass_cache=True
+                )
+                response = await self._check(url, path, auth, budget)
+        attempt.http_status = response.status
+        return _classify(member, path, url, auth, response, attempt)
+
+    async def _check(
+        self, url: str, path: RegistryPath, auth: AuthHeaders, budget: Budget
+    ) -> Response:
+        headers = _fetch_headers(path, auth)
+        # Redirects are not followed: a blob's redirect to storage already says "found",
+        # and following it would carry Authorization to the storage host.
+        response = await send(
+            self._client, "HEAD", url, budget=budget, headers=headers, follow_redirects=False
+        )
+        if response.status == 405:
+            response = await send(
+                self._client,
+                "GET",
+                url,
+                budget=budget,
+                headers=headers,
+                read_body=False,
+                follow_redirects=False,
+            )
+        return response
+
+
+def _fetch_headers(path: RegistryPath, auth: AuthHeaders) -> dict[str, str]:
+    headers = dict(auth.headers)
+    if path.is_manifest:
+        headers["Accept"] = MANIFEST_ACCEPT
+    return headers
+
+
+def _classify(
+    member: RegistryUpstream,
+    path: RegistryPath,
+    url: str,
+    auth: AuthHeaders,
+    response: Response,
+    attempt: Attempt,
+) -> Hit | None:
+    status = response.status
+    upstream = member.upstream
+    if status == 200 or (status in _STORAGE_REDIRECTS and path.endpoint is Endpoint.BLOBS):
+        attempt.outcome = Outcome.FOUND
+        return Hit(
+            member=member,
+            url=url,
+            headers=_fetch_headers(path, auth),
+            digest=_digest(path, response),
+            media_type=response.headers.get("content-type", "") if status == 200 else "",
+            size=_size(response) if status == 200 else -1,
+        )
+    if status == 404:
+        attempt.outcome = Outcome.NOT_FOUND
+    elif status in {401, 403}:
+        attempt.outcome = Outcome.AUTH_FAILED
+        attempt.message = f"upstream {upstream.name!r} refused access (HTTP {status})"
+    elif status == 429:
+        attempt.outcome = Outcome.RATE_LIMITED
+        attempt.retry_after_seconds = _retry_after(response)
+        attempt.message = f"upstream {upstream.name!r} is rate-limiting (HTTP 429)"
+    else:
+        attempt.outcome = Outcome.UNAVAILABLE
+        attempt.message = f"upstream {upstream.name!r} answered HTTP {status}"
+    return None
+
+
+def _digest(path: RegistryPath, response: Response) -> str:
+    header: str = response.headers.get("docker-content-digest", "")
+    if header:
+        return header
+    return path.reference if path.reference_is_digest and path.reference else ""
+
+
+def _size(response: Response) -> int:
+    try:
+        size = int(response.headers.get("content-length", "-1"))
+    except ValueError:
+        return -1
+    return size if size >= 0 else -1
+
+
+def _retry_after(response: Response) -> int:
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return 0
+    if value.isdigit():
+        return min(int(value), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0
+    seconds = int(when.timestamp() - time.time() + 0.999)
+    return max(0, min(seconds, MAX_RETRY_AFTER_SECONDS))
+
+
+def _failure(registry: Registry, path: RegistryPath, attempts: Sequence[Attempt]) -> ResolveFailed:
+    outcomes = {a.outcome for a in attempts}
+    summary = "; ".join(
+        f"{a.upstream_id}: {a.outcome.value}"
+        + (f" (HTTP {a.http_status})" if a.http_status else "")
+        for a in attempts
+    )
+    metadata = {"registry_id": registry.id, "path": path.api_path[:200]}
+    if outcomes & {Outcome.UNAVAILABLE, Outcome.RATE_LIMITED}:
+        return ResolveFailed(
+            f"no upstream of registry {registry.name!r} served {path.api_path}, and some could not "
+            f"be checked; retry later ({summary})",
+            kind=Kind.UNAVAILABLE,
+            reason=UpstreamUnreachable.reason,
+            attempts=attempts,
+            metadata=metadata,
+        )
+    if Outcome.AUTH_FAILED in outcomes:
+        return ResolveFailed(
+            f"no upstream of registry {registry.name!r} served {path.api_path}; some refused the "
+            f"configured credentials ({summary})",
+            kind=Kind.FAILED_PRECONDITION,
+            reason=CredentialsRejected.reason,
+            attempts=attempts,
+            metadata=metadata,
+        )
+    return ResolveFailed(
+        f"{path.api_path} was not found on any upstream of registry {registry.name!r} ({summary})",
+        kind=Kind.NOT_FOUND,
+        reason="NOT_FOUND_ON_UPSTREAMS",
+        attempts=attempts,
+        metadata=metadata,
+    )

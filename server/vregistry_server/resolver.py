@@ -1,0 +1,143 @@
+"""The resolver: UrlFor, GetAuthHeaders and ResolveUpstream as plain async Python.
+
+Everything the gRPC servicer exposes lives here, so it can be tested and
+embedded without gRPC. Inputs are validated first, and every failure is a
+ResolverError that says what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import httpx
+
+from vregistry_server.auth import Authenticator, AuthHeaders
+from vregistry_server.config import Config, Registry, Upstream
+from vregistry_server.errors import (
+    InvalidArgument,
+    InvalidPath,
+    RegistryHasNoUpstreams,
+    RegistryNotFound,
+    ResolverError,
+    UpstreamNotFound,
+)
+from vregistry_server.http import Budget, make_client
+from vregistry_server.paths import PathError, RegistryPath, parse_path, parse_path_or_repository
+from vregistry_server.probe import Prober, Resolution
+from vregistry_server.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
+
+MAX_ID_LENGTH = 256
+MAX_ACTIONS = 8
+
+
+class Resolver:
+    def __init__(
+        self,
+        config: Config,
+        cache: TokenCache | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        settings = config.settings
+        self.config = config
+        self.cache = cache if cache is not None else _cache_for(settings.redis_url)
+        self._owns_client = client is None
+        self.client = client or make_client(
+            connect_timeout=settings.connect_timeout_seconds,
+            request_timeout=settings.request_timeout_seconds,
+        )
+        self.authenticator = Authenticator(self.client, self.cache, settings)
+        self.prober = Prober(
+            self.client,
+            self.authenticator,
+            concurrency=settings.probe_concurrency,
+            probe_timeout_seconds=settings.probe_timeout_seconds,
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+        await self.cache.aclose()
+
+    # ------------------------------------------------------------------ lookups
+
+    def upstream(self, upstream_id: str) -> Upstream:
+        _check_id("upstream_id", upstream_id)
+        upstream = self.config.upstreams.get(upstream_id)
+        if upstream is None:
+            raise UpstreamNotFound(
+                f"no upstream with id {upstream_id!r} is configured",
+                metadata={"upstream_id": upstream_id},
+            )
+        return upstream
+
+    def registry(self, registry_id: str) -> Registry:
+        _check_id("registry_id", registry_id)
+        registry = self.config.registries.get(registry_id)
+        if registry is None:
+            raise RegistryNotFound(
+                f"no registry with id {registry_id!r} is configured",
+                metadata={"registry_id": registry_id},
+            )
+        return registry
+
+    # ------------------------------------------------------------------ the three questions
+
+    def url_for(self, upstream_id: str, path: str) -> str:
+        upstream = self.upstream(upstream_id)
+        return upstream.url_for(_parse(path, parse_path).api_path)
+
+    async def get_auth_headers(
+        self,
+        upstream_id: str,
+        path: str,
+        actions: Sequence[str] = (),
+        *,
+        caller_remaining: float | None = None,
+    ) -> AuthHeaders:
+        upstream = self.upstream(upstream_id)
+        if len(actions) > MAX_ACTIONS:
+            raise InvalidArgument(f"at most {MAX_ACTIONS} actions may be requested")
+        parsed = _parse(path, parse_path_or_repository)
+        budget = Budget.start(self.config.settings.request_timeout_seconds, caller_remaining)
+        try:
+            return await self.authenticator.headers_for(upstream, parsed, budget, actions)
+        except PathError as exc:  # an action outside pull/push/delete/*
+            raise InvalidArgument(str(exc)) from None
+        except ResolverError as exc:
+            exc.metadata.setdefault("upstream_id", upstream.id)
+            raise
+
+    async def resolve_upstream(
+        self, registry_id: str, path: str, *, caller_remaining: float | None = None
+    ) -> Resolution:
+        registry = self.registry(registry_id)
+        parsed = _parse(path, parse_path)
+        if parsed.repository is None:
+            raise InvalidPath(
+                "ResolveUpstream needs a manifest, blob, tags/list or referrers path, not the API root"
+            )
+        if not registry.upstreams:
+            raise RegistryHasNoUpstreams(
+                f"registry {registry.name!r} has no upstreams; add at least one",
+                metadata={"registry_id": registry.id},
+            )
+        budget = Budget.start(self.config.settings.request_timeout_seconds, caller_remaining)
+        return await self.prober.resolve(registry, parsed, budget)
+
+
+def _cache_for(redis_url: str | None) -> TokenCache:
+    return RedisTokenCache(redis_url) if redis_url else MemoryTokenCache()
+
+
+def _check_id(field_name: str, value: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{field_name} is required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{field_name} is longer than {MAX_ID_LENGTH} characters")
+
+
+def _parse(path: str, parser: Callable[[str], RegistryPath]) -> RegistryPath:
+    try:
+        return parser(path)
+    except PathError as exc:
+        raise InvalidPath(str(exc)) from None
