@@ -39,7 +39,9 @@ def main() -> int:
     if code != 0:
         print(f"protoc failed with exit code {code}", file=sys.stderr)
         return int(code)
-    print(f"generated stubs for {len(protos)} proto file(s) into {GENERATED_PACKAGE.relative_to(ROOT)}")
+    print(
+        f"generated stubs for {len(protos)} proto file(s) into {GENERATED_PACKAGE.relative_to(ROOT)}"
+    )
     return 0
 
 

@@ -22,8 +22,8 @@ from importlib import resources
 
 import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vregistry.v1 import upstream_service_pb2 as pb

@@ -1,0 +1,1 @@
+"""vregistry_server: gRPC service that resolves container-registry upstreams."""

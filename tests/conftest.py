@@ -1,0 +1,160 @@
+"""Session-wide real servers for the tests: redis, a token server and three docker-registries.
+
+Fixtures (see tests/support for the classes they yield):
+
+* ``redis_server``   -> RedisServer: ``.url``, ``.port``, ``.host``, ``.stop()``, ``.start()``,
+  ``.restart()`` (same port, empty), ``.kill()``.
+* ``token_server``   -> TokenServer: users {bob: s3cret-token-pw}, public prefix "public/";
+  reset (knobs, counters, users) before every test that uses it.
+* ``open_registry``  -> RegistryServer (no auth) with library/alpine:latest (Docker v2),
+  library/busybox:1.36 (OCI manifest) and library/multi:latest (OCI index).
+* ``basic_registry`` -> RegistryServer (htpasswd, alice / s3cret-basic-pw) with team/app:v1.
+* ``token_registry`` -> RegistryServer (token auth via ``token_server``) with
+  public/alpine:latest and private/app:v1; credentials bob / s3cret-token-pw.
+* ``proxy_factory``  -> ``make(backend_url_or_server, **knobs) -> Proxy``; stopped after the test.
+
+A session server a test stopped (to simulate an outage) is started again after that test.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# tests/ has no __init__.py, so pytest puts tests/ (not the repository root) on sys.path;
+# the root is needed for ``tests.support``. Harmless when it is already there.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.support.processes import RedisServer, start_redis  # noqa: E402
+from tests.support.proxy import HasUrl, Proxy, ProxyFactory, start_proxy  # noqa: E402
+from tests.support.registry import RegistryServer, start_registry  # noqa: E402
+from tests.support.service import Service, start_service  # noqa: E402
+from tests.support.token_server import TokenServer, start_token_server  # noqa: E402
+from vregistry_server.config import Config  # noqa: E402
+from vregistry_server.token_cache import TokenCache  # noqa: E402
+
+BASIC_USER = "alice"
+BASIC_PASSWORD = "s3cret-basic-pw"
+TOKEN_USER = "bob"
+TOKEN_PASSWORD = "s3cret-token-pw"
+PUBLIC_PREFIX = "public/"
+
+_RESTARTABLE = ("redis_server", "open_registry", "basic_registry", "token_registry")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def token_server() -> Iterator[TokenServer]:
+    server = start_token_server(
+        users={TOKEN_USER: TOKEN_PASSWORD}, public_prefixes=(PUBLIC_PREFIX,)
+    )
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def open_registry() -> Iterator[RegistryServer]:
+    registry = start_registry("none")
+    try:
+        registry.push_image("library/alpine", "latest", kind="docker")
+        registry.push_image("library/busybox", "1.36", kind="oci")
+        registry.push_index("library/multi", "latest")
+        yield registry
+    finally:
+        registry.close()
+
+
+@pytest.fixture(scope="session")
+def basic_registry() -> Iterator[RegistryServer]:
+    registry = start_registry("htpasswd", users={BASIC_USER: BASIC_PASSWORD})
+    try:
+        registry.push_image("team/app", "v1", kind="docker")
+        yield registry
+    finally:
+        registry.close()
+
+
+@pytest.fixture(scope="session")
+def token_registry(token_server: TokenServer) -> Iterator[RegistryServer]:
+    registry = start_registry(
+        "token", users={TOKEN_USER: TOKEN_PASSWORD}, token_server=token_server
+    )
+    try:
+        registry.push_image("public/alpine", "latest", kind="docker")
+        registry.push_image("private/app", "v1", kind="docker")
+        # Seeding talks to the registry only (tokens are minted directly), but start clean.
+        token_server.reset()
+        yield registry
+    finally:
+        registry.close()
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[ProxyFactory]:
+    """``proxy_factory(backend, **knobs)``: a counting/delaying proxy in front of ``backend``.
+
+    ``backend`` is a URL (``http://127.0.0.1:PORT``) or anything with a ``.url``; ``knobs``
+    are :class:`tests.support.proxy.ProxyKnobs` fields (delay_seconds=..., fail_with=...).
+    """
+    proxies: list[Proxy] = []
+
+    def make(backend: str | HasUrl, **knobs: Any) -> Proxy:
+        url = backend if isinstance(backend, str) else backend.url
+        proxy = start_proxy(url)
+        proxies.append(proxy)
+        if knobs:
+            proxy.configure(**knobs)
+        return proxy
+
+    try:
+        yield make
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+@pytest.fixture(autouse=True)
+def _session_servers_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Reset the token server before each test using it; restart servers a test stopped."""
+    if "token_server" in request.fixturenames:
+        server: TokenServer = request.getfixturevalue("token_server")
+        server.reset()
+    yield
+    for name in _RESTARTABLE:
+        if name in request.fixturenames:
+            target: RedisServer | RegistryServer = request.getfixturevalue(name)
+            if not target.running:
+                target.start()
+
+
+@pytest.fixture
+async def service_factory() -> AsyncIterator[Callable[..., Awaitable[Service]]]:
+    """``await service_factory(config, cache=None)``: an in-process vregistry server on a free port."""
+    services: list[Service] = []
+
+    async def start(config: Config, cache: TokenCache | None = None) -> Service:
+        service = await start_service(config, cache)
+        services.append(service)
+        return service
+
+    try:
+        yield start
+    finally:
+        for service in services:
+            await service.close()

@@ -1,0 +1,143 @@
+"""Token caches: Redis shared by two server instances, the in-memory default, and the keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.support.processes import RedisServer
+from tests.support.registry import RegistryServer
+from tests.support.service import Service, make_config, upstream_entry
+from tests.support.token_server import TokenServer
+from vregistry_server.token_cache import (
+    KEY_PREFIX,
+    CachedToken,
+    MemoryTokenCache,
+    RedisTokenCache,
+    cache_key,
+)
+
+StartService = Callable[..., Awaitable[Service]]
+PASSWORD = "s3cret-token-pw"
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> aioredis.Redis:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    yield client  # type: ignore[misc]
+    await client.aclose()
+
+
+def _config(registry: RegistryServer, **settings: object):  # type: ignore[no-untyped-def]
+    env: dict[str, str] = {}
+    entry = upstream_entry("token", registry.url, credentials=registry.credentials, env=env)
+    return make_config([entry], {"r": ["token"]}, env=env, **settings)
+
+
+async def test_two_instances_share_tokens_through_redis(
+    service_factory: StartService,
+    token_registry: RegistryServer,
+    token_server: TokenServer,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+) -> None:
+    config = _config(token_registry, redis_url=redis_server.url)
+    first = await service_factory(config)
+    second = await service_factory(config)
+    assert first.resolver.cache.name == second.resolver.cache.name == "redis"
+    one = await first.auth("token", "private/app/manifests/v1")
+    two = await second.auth("token", "private/app/manifests/v1")
+    assert not one.cache_hit and two.cache_hit
+    assert one.headers == two.headers
+    assert token_server.count() == 1
+    # Both replicas resolve with the shared token as well.
+    assert (await second.resolve("r", "private/app/manifests/v1")).upstream.id == "token"
+    assert token_server.count() == 1
+
+
+async def test_redis_keys_hold_no_credential_and_expire(
+    service_factory: StartService,
+    token_registry: RegistryServer,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+) -> None:
+    service = await service_factory(_config(token_registry, redis_url=redis_server.url))
+    reply = await service.auth("token", "private/app/manifests/v1")
+    keys = [k.decode() for k in await redis_client.keys("*")]
+    assert len(keys) == 1
+    (key,) = keys
+    assert key.startswith(KEY_PREFIX)
+    for secret in (PASSWORD, "bob", "private/app"):
+        assert secret not in key
+    ttl = await redis_client.pttl(key)
+    assert 170_000 < ttl <= 180_000, "capped by the 180 s default"
+    value = (await redis_client.get(key)).decode()
+    assert PASSWORD not in value
+    assert reply.headers["Authorization"].removeprefix("Bearer ") in value
+
+
+async def test_in_memory_default_without_redis(
+    service_factory: StartService, token_registry: RegistryServer, token_server: TokenServer
+) -> None:
+    service = await service_factory(_config(token_registry))
+    assert service.resolver.cache.name == "memory"
+    await service.auth("token", "private/app/manifests/v1")
+    assert (await service.auth("token", "private/app/manifests/v1")).cache_hit
+    assert token_server.count() == 1
+
+
+async def test_redis_outage_degrades_to_memory_and_recovers(
+    service_factory: StartService,
+    token_registry: RegistryServer,
+    token_server: TokenServer,
+    redis_server: RedisServer,
+) -> None:
+    service = await service_factory(_config(token_registry, redis_url=redis_server.url))
+    redis_server.stop()
+    reply = await service.auth("token", "private/app/manifests/v1")
+    assert reply.scheme == "bearer"
+    cache = service.resolver.cache
+    assert isinstance(cache, RedisTokenCache) and cache.degraded
+    # Meanwhile tokens are held in process memory.
+    assert (await service.auth("token", "private/app/manifests/v1")).cache_hit
+    redis_server.start()
+    for _ in range(50):  # bounded: the client reconnects by itself
+        await service.auth("token", "private/other/manifests/v1")
+        if not cache.degraded:
+            break
+        await asyncio.sleep(0.1)
+    assert not cache.degraded
+
+
+def test_cache_key_separates_what_must_not_share_a_token() -> None:
+    base = cache_key("up", "https://auth/token", "svc", ["repository:a:pull"], "fp1")
+    assert base.startswith(KEY_PREFIX)
+    assert base == cache_key("up", "https://auth/token", "svc", ["repository:a:pull"], "fp1")
+    assert cache_key("up", "https://a/t", "svc", ["s1", "s2"], "f") == cache_key(
+        "up", "https://a/t", "svc", ["s2", "s1"], "f"
+    )
+    variants = [
+        cache_key("other", "https://auth/token", "svc", ["repository:a:pull"], "fp1"),
+        cache_key("up", "https://evil/token", "svc", ["repository:a:pull"], "fp1"),
+        cache_key("up", "https://auth/token", "svc2", ["repository:a:pull"], "fp1"),
+        cache_key("up", "https://auth/token", "svc", ["repository:b:pull"], "fp1"),
+        cache_key("up", "https://auth/token", "svc", ["repository:a:pull"], "fp2"),
+    ]
+    assert len(set(variants) | {base}) == 6
+
+
+async def test_memory_cache_expiry_and_bound() -> None:
+    cache = MemoryTokenCache(max_entries=3)
+    for i in range(5):
+        await cache.set(f"k{i}", CachedToken(f"t{i}", 0), 60)
+    assert len(cache) == 3
+    assert await cache.get("k0") is None
+    assert (await cache.get("k4")) == CachedToken("t4", 0)
+    await cache.set("short", CachedToken("t", 0), 0.05)
+    await asyncio.sleep(0.1)
+    assert await cache.get("short") is None
+    assert "t4" not in repr(await cache.get("k4"))
