@@ -26,8 +26,8 @@ system-deps:
 	scripts/install-system-deps.sh
 
 lint: protos
-	$(VENV)/bin/ruff check server/vregistry_server tests benchmarks scripts
-	$(VENV)/bin/ruff format --check server/vregistry_server tests benchmarks scripts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck: protos
 	$(VENV)/bin/mypy
