@@ -16,9 +16,10 @@ from typing import TypeVar
 
 import httpx
 
+from vregistry_server import metrics
 from vregistry_server.basic import basic_authorization
 from vregistry_server.config import Settings, Upstream
-from vregistry_server.errors import CredentialsRejected, UpstreamUnreachable
+from vregistry_server.errors import CredentialsRejected, ResolverError, UpstreamUnreachable
 from vregistry_server.http import Budget
 from vregistry_server.paths import RegistryPath, pull_scope
 from vregistry_server.ping import AuthDiscovery, Scheme, ping
@@ -67,7 +68,12 @@ class Authenticator:
         )
 
     async def _ping_and_remember(self, upstream: Upstream) -> AuthDiscovery:
-        discovery = await ping(self._client, upstream, self._shared_budget())
+        try:
+            discovery = await ping(self._client, upstream, self._shared_budget())
+        except ResolverError as exc:
+            metrics.PINGS.labels(upstream.id, exc.reason.lower()).inc()
+            raise
+        metrics.PINGS.labels(upstream.id, discovery.scheme.value).inc()
         self.remember(upstream, discovery)
         log.info(
             "discovered auth scheme",
@@ -137,7 +143,9 @@ class Authenticator:
         else:
             cached = await self._cache.get(key)
             if cached is not None and cached.expires_at > time.time():
+                metrics.TOKEN_CACHE.labels(self._cache.name, "hit").inc()
                 return _bearer_headers(cached, key, cache_hit=True)
+            metrics.TOKEN_CACHE.labels(self._cache.name, "miss").inc()
         token = await self._wait(
             self._token_flight.run(
                 key, lambda: self._fetch_and_store(upstream, discovery, scopes, key)

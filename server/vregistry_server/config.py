@@ -78,6 +78,8 @@ class Upstream:
     allow_http: bool = False
     token_flow: TokenFlow = "auto"
     client_id: str = "vregistry"
+    # Token realm hosts trusted beyond the upstream's own registrable domain ("*.example.com" allowed).
+    realm_allow_hosts: tuple[str, ...] = ()
 
     def url_for(self, api_path: str) -> str:
         return f"{self.url}/v2/{api_path}"
@@ -107,6 +109,11 @@ class Settings:
     request_timeout_seconds: float = 10.0
     probe_concurrency: int = 3
     probe_timeout_seconds: float = 5.0
+    probe_retries: int = 2
+    retry_backoff_seconds: float = 0.1
+    max_retry_after_wait_seconds: float = 1.0
+    circuit_failure_threshold: int = 5
+    circuit_reset_seconds: float = 30.0
     max_upstreams_per_registry: int = DEFAULT_MAX_UPSTREAMS_PER_REGISTRY
     challenge_cache_seconds: float = 3600.0
     shutdown_grace_seconds: float = 10.0
@@ -141,6 +148,18 @@ class UpstreamEntry(_Strict):
     allow_http: bool = False
     token_flow: TokenFlow = "auto"
     client_id: str = Field(default="vregistry", min_length=1, max_length=255)
+    realm_allow_hosts: list[str] = Field(default_factory=list, max_length=32)
+
+    @field_validator("realm_allow_hosts")
+    @classmethod
+    def _plain_hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            bare = host.removeprefix("*.")
+            if not bare or any(c in bare for c in "/:@?# *") or bare != bare.strip("."):
+                raise ValueError(
+                    f"{host!r} must be a host name such as auth.example.com or *.example.com"
+                )
+        return hosts
 
 
 class RegistryEntry(_Strict):
@@ -159,6 +178,11 @@ class SettingsEntry(_Strict):
     request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     probe_concurrency: int = Field(default=3, ge=1, le=64)
     probe_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    probe_retries: int = Field(default=2, ge=0, le=5)
+    retry_backoff_seconds: float = Field(default=0.1, ge=0, le=10)
+    max_retry_after_wait_seconds: float = Field(default=1.0, ge=0, le=60)
+    circuit_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    circuit_reset_seconds: float = Field(default=30.0, gt=0, le=3600)
     max_upstreams_per_registry: int = Field(
         default=DEFAULT_MAX_UPSTREAMS_PER_REGISTRY, ge=1, le=1000
     )
@@ -272,6 +296,7 @@ def _build_upstream(entry: UpstreamEntry, where: str, env: Mapping[str, str]) ->
         allow_http=entry.allow_http,
         token_flow=entry.token_flow,
         client_id=entry.client_id,
+        realm_allow_hosts=tuple(entry.realm_allow_hosts),
     )
 
 

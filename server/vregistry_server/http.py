@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
+from vregistry_server.realm_policy import EGRESS_REFUSED, GuardedNetworkBackend, RealmRefused
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
@@ -30,9 +31,22 @@ def make_client(*, connect_timeout: float, request_timeout: float) -> httpx.Asyn
         follow_redirects=False,
         trust_env=False,
         timeout=httpx.Timeout(request_timeout, connect=connect_timeout),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        transport=guarded_transport(),
         headers={"User-Agent": USER_AGENT},
     )
+
+
+def guarded_transport() -> httpx.AsyncHTTPTransport:
+    """httpx's transport, with connections that obey the realm address policy.
+
+    httpx does not expose httpcore's network_backend, so it is set on the pool
+    it built (httpx is pinned; tests/test_realm_policy.py checks this holds).
+    """
+    transport = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    )
+    transport._pool._network_backend = GuardedNetworkBackend()
+    return transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +114,11 @@ async def transport_errors(url: httpx.URL | str) -> AsyncIterator[None]:
     try:
         yield
     except (httpx.TransportError, TimeoutError) as exc:
+        if isinstance(exc, httpx.ConnectError) and EGRESS_REFUSED in str(exc):
+            raise RealmRefused(
+                f"a token request to {_origin(httpx.URL(str(url)))} was redirected to a refused "
+                "address; no credentials were sent"
+            ) from None
         raise UpstreamUnreachable(describe_transport_error(exc, url)) from None
 
 

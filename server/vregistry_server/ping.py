@@ -20,6 +20,7 @@ from vregistry_server.challenge import (
 from vregistry_server.config import Upstream
 from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
 from vregistry_server.http import Budget, Response, send
+from vregistry_server.realm_policy import check_realm_host
 
 
 class Scheme(enum.Enum):
@@ -110,8 +111,9 @@ def _check_realm(upstream: Upstream, challenge: Challenge) -> None:
         raise UpstreamProtocolError(
             f"upstream {upstream.name!r} sent a realm that is not an absolute http(s) URL"
         )
-    if url.scheme == "http" and not upstream.allow_http:
+    if url.scheme == "http" and not (upstream.allow_http and upstream.url.startswith("http://")):
         raise UpstreamProtocolError(
             f"upstream {upstream.name!r} sent a plain-http realm ({url.host}); refusing to send "
             "credentials without TLS (set allow_http only for local registries)"
         )
+    check_realm_host(upstream, url)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from vregistry_server import metrics
 from vregistry_server.auth import Authenticator, AuthHeaders
-from vregistry_server.config import Registry, RegistryUpstream
+from vregistry_server.circuit import CircuitBreaker
+from vregistry_server.config import Registry, RegistryUpstream, Settings
 from vregistry_server.errors import (
     CredentialsRejected,
     Kind,
@@ -44,6 +47,7 @@ MANIFEST_MEDIA_TYPES = (
 )
 MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 _STORAGE_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 24 * 3600
 
 
@@ -88,20 +92,22 @@ class Prober:
         self,
         client: httpx.AsyncClient,
         authenticator: Authenticator,
-        *,
-        concurrency: int,
-        probe_timeout_seconds: float,
+        settings: Settings,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._client = client
         self._auth = authenticator
-        self._concurrency = concurrency
-        self._probe_timeout = probe_timeout_seconds
+        self._settings = settings
+        self.breaker = breaker or CircuitBreaker(
+            failure_threshold=settings.circuit_failure_threshold,
+            reset_after_seconds=settings.circuit_reset_seconds,
+        )
 
     async def resolve(self, registry: Registry, path: RegistryPath, budget: Budget) -> Resolution:
         members = sorted(registry.upstreams, key=lambda m: m.position)
         # Semaphore waiters wake in FIFO order and tasks start in creation
         # order, so lower positions are always probed first.
-        gate = asyncio.Semaphore(self._concurrency)
+        gate = asyncio.Semaphore(self._settings.probe_concurrency)
 
         async def gated(member: RegistryUpstream) -> tuple[Attempt, Hit | None]:
             async with gate:
@@ -131,9 +137,18 @@ class Prober:
         self, member: RegistryUpstream, path: RegistryPath, budget: Budget
     ) -> tuple[Attempt, Hit | None]:
         upstream = member.upstream
-        started = time.perf_counter()
-        probe_budget = Budget(min(budget.deadline, time.monotonic() + self._probe_timeout))
         attempt = Attempt(upstream.id, member.position, Outcome.UNAVAILABLE)
+        if not self.breaker.allow(upstream.id):
+            attempt.message = (
+                f"upstream {upstream.name!r} failed repeatedly; its circuit is open, next check "
+                f"in {self.breaker.retry_in(upstream.id):.0f}s"
+            )
+            metrics.PROBES.labels(upstream.id, "circuit_open").observe(0)
+            return attempt, None
+        started = time.perf_counter()
+        probe_budget = Budget(
+            min(budget.deadline, time.monotonic() + self._settings.probe_timeout_seconds)
+        )
         hit: Hit | None = None
         try:
             hit = await self._probe(member, path, probe_budget, attempt)
@@ -143,7 +158,16 @@ class Prober:
             attempt.outcome, attempt.message = Outcome.UNAVAILABLE, exc.message
         except TimeoutError:
             attempt.outcome, attempt.message = Outcome.UNAVAILABLE, "timed out"
-        attempt.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        except BaseException:
+            self.breaker.release(upstream.id)  # cancelled: no verdict on the upstream
+            raise
+        elapsed = time.perf_counter() - started
+        attempt.latency_ms = round(elapsed * 1000, 3)
+        if attempt.outcome is Outcome.UNAVAILABLE:
+            self.breaker.record_failure(upstream.id)
+        else:
+            self.breaker.record_success(upstream.id)
+        metrics.PROBES.labels(upstream.id, attempt.outcome.value).observe(elapsed)
         log.debug(
             "probed upstream",
             extra={
@@ -162,7 +186,7 @@ class Prober:
         upstream = member.upstream
         url = upstream.url_for(path.api_path)
         auth = await self._auth.headers_for(upstream, path, budget)
-        response = await self._check(url, path, auth, budget)
+        response = await self._check_with_retries(url, path, auth, budget)
         if response.status == 401:
             # The token was revoked or expired early, or this resource asks for
             # another challenge than /v2/ did: re-authenticate once and retry.
@@ -172,9 +196,42 @@ class Prober:
                 auth = await self._auth.headers_for(
                     upstream, path, budget, discovery=discovery, bypass_cache=True
                 )
-                response = await self._check(url, path, auth, budget)
+                response = await self._check_with_retries(url, path, auth, budget)
         attempt.http_status = response.status
         return _classify(member, path, url, auth, response, attempt)
+
+    async def _check_with_retries(
+        self, url: str, path: RegistryPath, auth: AuthHeaders, budget: Budget
+    ) -> Response:
+        """Retry transient failures (connection errors, 408, 5xx, a short 429) within the budget."""
+        retries = self._settings.probe_retries
+        for retry in range(retries + 1):
+            final = retry == retries
+            try:
+                response = await self._check(url, path, auth, budget)
+            except UpstreamUnreachable:
+                if final or not await _sleep_within(self._backoff(retry), budget):
+                    raise
+                continue
+            wait = self._retry_wait(response, retry)
+            if wait is None or final or not await _sleep_within(wait, budget):
+                return response
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _backoff(self, retry: int) -> float:
+        # Full jitter: spreads the retries of many replicas hitting one upstream.
+        ceiling = self._settings.retry_backoff_seconds * (2**retry)
+        return random.uniform(0, ceiling)
+
+    def _retry_wait(self, response: Response, retry: int) -> float | None:
+        if response.status == 429:
+            retry_after = _retry_after(response)
+            if retry_after > self._settings.max_retry_after_wait_seconds:
+                return None  # too long to wait inside one call: report it and move on
+            return float(retry_after) if retry_after else self._backoff(retry)
+        if response.status in _TRANSIENT_STATUSES:
+            return self._backoff(retry)
+        return None
 
     async def _check(
         self, url: str, path: RegistryPath, auth: AuthHeaders, budget: Budget
@@ -196,6 +253,14 @@ class Prober:
                 follow_redirects=False,
             )
         return response
+
+
+async def _sleep_within(seconds: float, budget: Budget) -> bool:
+    """Sleep unless that would leave no time for the next try."""
+    if seconds + 0.05 >= budget.remaining():
+        return False
+    await asyncio.sleep(seconds)
+    return True
 
 
 def _fetch_headers(path: RegistryPath, auth: AuthHeaders) -> dict[str, str]:

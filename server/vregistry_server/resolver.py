@@ -46,12 +46,7 @@ class Resolver:
             request_timeout=settings.request_timeout_seconds,
         )
         self.authenticator = Authenticator(self.client, self.cache, settings)
-        self.prober = Prober(
-            self.client,
-            self.authenticator,
-            concurrency=settings.probe_concurrency,
-            probe_timeout_seconds=settings.probe_timeout_seconds,
-        )
+        self.prober = Prober(self.client, self.authenticator, settings)
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -7,6 +7,7 @@ failed ResolveUpstream, a ResolveUpstreamFailure with every attempt.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ from grpc_status import rpc_status
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
+from vregistry_server import metrics
 from vregistry_server.errors import ERROR_DOMAIN, Kind, ResolveFailed, ResolverError
 from vregistry_server.probe import Attempt, Outcome
 from vregistry_server.resolver import Resolver
@@ -111,9 +113,11 @@ async def _async(function: Callable[..., T], *args: object) -> T:
 
 async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[T]) -> T:
     started = time.perf_counter()
+    code = "OK"
     try:
         return await work
     except ResolverError as exc:
+        code = _CODES[exc.kind][0].name
         log.info(
             "request failed",
             extra={
@@ -125,13 +129,20 @@ async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[
             },
         )
         await _abort(context, exc)
+    except asyncio.CancelledError:
+        code = "CANCELLED"  # the caller went away or its deadline passed
+        raise
     except Exception:
+        code = "INTERNAL"
         log.exception("unexpected error", extra={"method": method})
         await context.abort_with_status(
             rpc_status.to_status(
                 status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see server logs")
             )
         )
+    finally:
+        metrics.RPC_REQUESTS.labels(method, code).inc()
+        metrics.RPC_DURATION.labels(method, code).observe(time.perf_counter() - started)
     raise AssertionError("abort_with_status returned")
 
 

@@ -21,9 +21,13 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from vregistry_server import metrics
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "vregistry:token:v1:"
+_NEAR_HIT = metrics.TOKEN_CACHE.labels("near", "hit")
+_NEAR_MISS = metrics.TOKEN_CACHE.labels("near", "miss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,10 @@ class MemoryTokenCache:
         return len(self._entries)
 
     async def get(self, key: str) -> CachedToken | None:
+        return self.peek(key)
+
+    def peek(self, key: str) -> CachedToken | None:
+        """``get`` without a coroutine, for callers on the hot path."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -95,7 +103,14 @@ class RedisTokenCache:
 
     name = "redis"
 
-    def __init__(self, url: str, *, socket_timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float = 0.5,
+        near_cache_seconds: float = 0.0,
+        near_cache_entries: int = 4096,
+    ) -> None:
         self._redis = aioredis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
@@ -105,25 +120,54 @@ class RedisTokenCache:
         )
         self._fallback = MemoryTokenCache()
         self.degraded = False
+        # The near cache: a small in-process layer in front of Redis, so the hot path
+        # usually makes no Redis round trip at all. An entry lives at most
+        # ``near_cache_seconds`` and never past the Redis entry's own TTL, so a token
+        # deleted or replaced by another replica is seen again within that bound.
+        self.near_cache_seconds = near_cache_seconds
+        self._near = MemoryTokenCache(near_cache_entries) if near_cache_seconds > 0 else None
 
     @property
     def client(self) -> aioredis.Redis:
         return self._redis
 
     async def get(self, key: str) -> CachedToken | None:
+        near = self._near
+        if near is None:
+            try:
+                raw = await self._redis.get(key)
+            except (RedisError, OSError) as exc:
+                self._mark_degraded(exc)
+                return await self._fallback.get(key)
+            self._mark_healthy()
+            return _decode(raw) if raw is not None else None
+        token = near.peek(key)
+        if token is not None:
+            _NEAR_HIT.inc()
+            return token
+        _NEAR_MISS.inc()
         try:
-            raw = await self._redis.get(key)
+            # One round trip: the value and how long Redis keeps it.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                raw, pttl_ms = await pipe.execute()
         except (RedisError, OSError) as exc:
             self._mark_degraded(exc)
             return await self._fallback.get(key)
         self._mark_healthy()
-        return _decode(raw) if raw is not None else None
+        token = _decode(raw) if raw is not None else None
+        if token is not None and isinstance(pttl_ms, int) and pttl_ms > 0:
+            await near.set(key, token, min(self.near_cache_seconds, pttl_ms / 1000))
+        return token
 
     async def set(self, key: str, token: CachedToken, ttl_seconds: float) -> None:
         ttl_ms = int(ttl_seconds * 1000)
         if ttl_ms <= 0:
             return
         await self._fallback.set(key, token, ttl_seconds)
+        if self._near is not None:
+            await self._near.set(key, token, min(self.near_cache_seconds, ttl_seconds))
         try:
             await self._redis.set(key, _encode(token), px=ttl_ms)
         except (RedisError, OSError) as exc:
@@ -133,6 +177,8 @@ class RedisTokenCache:
 
     async def delete(self, key: str) -> None:
         await self._fallback.delete(key)
+        if self._near is not None:
+            await self._near.delete(key)
         try:
             await self._redis.delete(key)
         except (RedisError, OSError) as exc:
@@ -150,6 +196,7 @@ class RedisTokenCache:
     def _mark_degraded(self, exc: Exception) -> None:
         if not self.degraded:
             self.degraded = True
+            metrics.TOKEN_CACHE_DEGRADED.set(1)
             log.warning(
                 "token cache degraded: Redis unreachable, using process memory",
                 extra={"error": type(exc).__name__},
@@ -158,6 +205,7 @@ class RedisTokenCache:
     def _mark_healthy(self) -> None:
         if self.degraded:
             self.degraded = False
+            metrics.TOKEN_CACHE_DEGRADED.set(0)
             log.info("token cache recovered: Redis answers again")
 
 

@@ -12,17 +12,26 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 import httpx
 
+from vregistry_server import metrics
 from vregistry_server.basic import basic_authorization
 from vregistry_server.config import Credentials, Upstream
-from vregistry_server.errors import CredentialsRejected, UpstreamProtocolError, UpstreamUnreachable
+from vregistry_server.errors import (
+    CredentialsRejected,
+    ResolverError,
+    UpstreamProtocolError,
+    UpstreamUnreachable,
+)
 from vregistry_server.http import Budget, Response, send
 from vregistry_server.ping import AuthDiscovery
+from vregistry_server.realm_policy import AddressGuard, lift_restriction, restrict_connections
 
 # The Docker token spec: expires_in defaults to 60 s and should never be less.
 MIN_TOKEN_LIFETIME_SECONDS = 60.0
@@ -56,8 +65,9 @@ class _FlowRefused(Exception):
 class TokenExchanger:
     """Fetches tokens, remembering per upstream which flow works and any refresh token."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, guard: AddressGuard | None = None) -> None:
         self._client = client
+        self._guard = guard or AddressGuard()
         self._working_flow: dict[str, Flow] = {}
         self._refresh_tokens: dict[tuple[str, str, str, str], str] = {}
 
@@ -88,11 +98,28 @@ class TokenExchanger:
                 else:
                     token = await self._fetch_oauth2(upstream, discovery, scopes, budget)
             except _FlowRefused as refused:
+                metrics.TOKEN_FETCHES.labels(upstream.id, flow, "refused").inc()
                 refusals.append(refused)
                 continue
+            except ResolverError as exc:
+                metrics.TOKEN_FETCHES.labels(upstream.id, flow, exc.reason.lower()).inc()
+                raise
+            metrics.TOKEN_FETCHES.labels(upstream.id, flow, "ok").inc()
             self._working_flow[upstream.id] = flow
             return token
         raise _refusal_error(upstream, scopes, refusals)
+
+    @asynccontextmanager
+    async def _realm_connections(
+        self, upstream: Upstream, discovery: AuthDiscovery
+    ) -> AsyncIterator[None]:
+        """Check the realm's addresses, and hold every connection (and redirect hop) to them."""
+        allowed = await self._guard.admit(upstream, httpx.URL(discovery.realm))
+        token = restrict_connections(allowed)
+        try:
+            yield
+        finally:
+            lift_restriction(token)
 
     async def _fetch_get(
         self, upstream: Upstream, discovery: AuthDiscovery, scopes: list[str], budget: Budget
@@ -102,9 +129,10 @@ class TokenExchanger:
         headers = {"Accept": "application/json"}
         if upstream.credentials is not None:
             headers["Authorization"] = basic_authorization(upstream.credentials)
-        response = await send(
-            self._client, "GET", discovery.realm, budget=budget, headers=headers, params=params
-        )
+        async with self._realm_connections(upstream, discovery):
+            response = await send(
+                self._client, "GET", discovery.realm, budget=budget, headers=headers, params=params
+            )
         return _token_from_response("get", upstream, response)
 
     async def _fetch_oauth2(
@@ -146,14 +174,15 @@ class TokenExchanger:
             form["service"] = discovery.service
         if scopes:
             form["scope"] = " ".join(scopes)
-        response = await send(
-            self._client,
-            "POST",
-            discovery.realm,
-            budget=budget,
-            headers={"Accept": "application/json"},
-            data=form,
-        )
+        async with self._realm_connections(upstream, discovery):
+            response = await send(
+                self._client,
+                "POST",
+                discovery.realm,
+                budget=budget,
+                headers={"Accept": "application/json"},
+                data=form,
+            )
         token = _token_from_response("oauth2", upstream, response)
         if token.refresh_token:
             self._refresh_tokens[refresh_key] = token.refresh_token

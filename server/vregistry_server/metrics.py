@@ -1,0 +1,78 @@
+"""Prometheus metrics, served on their own HTTP port (``--metrics-listen``).
+
+Labels carry ids, methods, codes and outcomes only: never a path, a realm
+query, a username or a token, so a scrape can be shared freely.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+RPC_REQUESTS = Counter(
+    "vregistry_rpc_requests_total",
+    "gRPC requests handled, by method and status code.",
+    ["method", "code"],
+    registry=REGISTRY,
+)
+RPC_DURATION = Histogram(
+    "vregistry_rpc_duration_seconds",
+    "gRPC request latency, by method and status code.",
+    ["method", "code"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TOKEN_CACHE = Counter(
+    "vregistry_token_cache_requests_total",
+    "Token cache lookups, by layer (near, memory, redis) and result (hit, miss, error).",
+    ["layer", "result"],
+    registry=REGISTRY,
+)
+TOKEN_CACHE_DEGRADED = Gauge(
+    "vregistry_token_cache_degraded",
+    "1 while Redis is unreachable and tokens are held in process memory only.",
+    registry=REGISTRY,
+)
+TOKEN_FETCHES = Counter(
+    "vregistry_token_fetches_total",
+    "Token exchanges with an upstream's token server, by upstream, flow and outcome.",
+    ["upstream", "flow", "outcome"],
+    registry=REGISTRY,
+)
+PINGS = Counter(
+    "vregistry_pings_total",
+    "Auth discovery pings of GET /v2/, by upstream and discovered scheme or failure.",
+    ["upstream", "outcome"],
+    registry=REGISTRY,
+)
+PROBES = Histogram(
+    "vregistry_probe_duration_seconds",
+    "ResolveUpstream checks of one upstream, by upstream and outcome.",
+    ["upstream", "outcome"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CIRCUIT_STATE = Gauge(
+    "vregistry_circuit_state",
+    "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open.",
+    ["upstream"],
+    registry=REGISTRY,
+)
+REALM_REFUSALS = Counter(
+    "vregistry_realm_refusals_total",
+    "Token realms refused by the realm policy, by upstream and rule.",
+    ["upstream", "rule"],
+    registry=REGISTRY,
+)
+
+
+def serve_metrics(listen: str) -> int:
+    """Start the scrape endpoint in a background thread; returns the bound port."""
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(
+        int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY
+    )
+    return int(server.server_port)

@@ -1,0 +1,237 @@
+"""Where credentials may go: realm host, scheme and address rules (issue: realm safety)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+import httpcore
+import httpx
+import pytest
+
+from tests.support.registry import RegistryServer
+from tests.support.scripted import Reply, start_scripted
+from tests.support.service import Service, error_details, make_config, upstream_entry
+from tests.support.token_server import TokenServer
+from vregistry_server.challenge import parse_challenges
+from vregistry_server.config import Upstream
+from vregistry_server.errors import UpstreamProtocolError
+from vregistry_server.http import make_client
+from vregistry_server.ping import discovery_from_challenges
+from vregistry_server.realm_policy import (
+    EGRESS_REFUSED,
+    AddressClass,
+    AddressGuard,
+    GuardedNetworkBackend,
+    RealmRefused,
+    classify,
+    host_allowed,
+    lift_restriction,
+    restrict_connections,
+)
+
+StartService = Callable[..., Awaitable[Service]]
+
+
+def _upstream(url: str, *allow: str) -> Upstream:
+    return Upstream(
+        id="u", name="U", url=url, realm_allow_hosts=allow, allow_http=url.startswith("http:")
+    )
+
+
+@pytest.mark.parametrize(
+    ("upstream", "realm_host", "allowed"),
+    [
+        (
+            "https://registry-1.docker.io",
+            "auth.docker.io",
+            True,
+        ),  # Docker Hub: same registrable domain
+        ("https://ghcr.io", "ghcr.io", True),
+        ("https://quay.io", "quay.io", True),
+        ("https://myregistry.azurecr.io", "myregistry.azurecr.io", True),
+        ("https://harbor.corp.example.com", "harbor.corp.example.com", True),
+        ("https://registry-1.docker.io", "auth.docker.io.evil.com", False),
+        ("https://registry-1.docker.io", "evil.com", False),
+        ("https://alice.github.io", "mallory.github.io", False),  # github.io is a public suffix
+        ("https://registry.example.co.uk", "auth.example.co.uk", True),
+        ("https://registry.example.co.uk", "other.co.uk", False),
+        ("http://127.0.0.1:5000", "127.0.0.1", True),
+        ("http://127.0.0.1:5000", "127.0.0.2", False),  # IP literals have no registrable domain
+        ("http://127.0.0.1:5000", "localhost", False),
+        ("https://REGISTRY.Example.com", "auth.example.com.", True),
+    ],
+)
+def test_realm_host_rule(upstream: str, realm_host: str, allowed: bool) -> None:
+    assert host_allowed(_upstream(upstream), realm_host) is allowed
+
+
+def test_allow_list_exact_and_wildcard() -> None:
+    upstream = _upstream(
+        "https://registry.example.com", "login.partner.net", "*.tokens.example.org"
+    )
+    assert host_allowed(upstream, "login.partner.net")
+    assert host_allowed(upstream, "eu.tokens.example.org")
+    assert not host_allowed(upstream, "tokens.example.org.evil.net")
+    assert not host_allowed(upstream, "partner.net")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("8.8.8.8", AddressClass.PUBLIC),
+        ("2606:4700:4700::1111", AddressClass.PUBLIC),
+        ("10.1.2.3", AddressClass.PRIVATE),
+        ("172.16.0.1", AddressClass.PRIVATE),
+        ("192.168.1.1", AddressClass.PRIVATE),
+        ("100.64.0.1", AddressClass.PRIVATE),
+        ("fd00::1", AddressClass.PRIVATE),
+        ("127.0.0.1", AddressClass.LOOPBACK),
+        ("::1", AddressClass.LOOPBACK),
+        ("::ffff:127.0.0.1", AddressClass.LOOPBACK),
+        ("169.254.169.254", AddressClass.LINK_LOCAL),
+        ("fe80::1", AddressClass.LINK_LOCAL),
+        ("0.0.0.0", AddressClass.FORBIDDEN),
+        ("224.0.0.1", AddressClass.FORBIDDEN),
+    ],
+)
+def test_address_classes(address: str, expected: AddressClass) -> None:
+    assert classify(address) is expected
+
+
+def _resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError(f"unknown host {host}")
+        return table[host]
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    ("upstream_addresses", "realm_addresses", "allowed"),
+    [
+        (["93.184.216.34"], ["93.184.216.35"], True),
+        (["93.184.216.34"], ["10.0.0.5"], False),  # DNS-based SSRF into the private network
+        (["93.184.216.34"], ["169.254.169.254"], False),  # cloud metadata
+        (["93.184.216.34"], ["127.0.0.1"], False),
+        (["93.184.216.34"], ["93.184.216.35", "10.0.0.5"], False),  # any refused address refuses
+        (["10.0.0.4"], ["10.0.0.5"], True),  # a private registry may use a private token server
+        (["127.0.0.1"], ["169.254.169.254"], False),  # but not a link-local one
+        (["127.0.0.1"], ["127.0.0.1"], True),
+    ],
+)
+async def test_address_rule_after_dns_resolution(
+    upstream_addresses: list[str], realm_addresses: list[str], allowed: bool
+) -> None:
+    guard = AddressGuard(
+        _resolver({"registry.test": upstream_addresses, "auth.registry.test": realm_addresses})
+    )
+    upstream = _upstream("https://registry.test")
+    realm = httpx.URL("https://auth.registry.test/token")
+    if allowed:
+        assert AddressClass.PUBLIC in await guard.admit(upstream, realm)
+    else:
+        with pytest.raises(RealmRefused, match="no credentials were sent"):
+            await guard.admit(upstream, realm)
+
+
+async def test_connections_go_to_the_checked_address(token_server: TokenServer) -> None:
+    # "rebind.test" is unknown to the system resolver: connecting at all proves the
+    # connection used the address our policy checked, not a second DNS answer.
+    backend = GuardedNetworkBackend(
+        resolve=_resolver({"rebind.test": ["127.0.0.1"], "meta.test": ["169.254.169.254"]})
+    )
+    token = restrict_connections(frozenset({AddressClass.PUBLIC, AddressClass.LOOPBACK}))
+    try:
+        stream = await backend.connect_tcp("rebind.test", token_server.port, timeout=2)
+        await stream.aclose()
+        with pytest.raises(httpcore.ConnectError, match=EGRESS_REFUSED):
+            await backend.connect_tcp("meta.test", 80, timeout=2)
+    finally:
+        lift_restriction(token)
+
+
+def test_client_transport_uses_the_guarded_backend() -> None:
+    client = make_client(connect_timeout=1, request_timeout=1)
+    transport = client._transport
+    assert isinstance(transport, httpx.AsyncHTTPTransport)
+    assert isinstance(transport._pool._network_backend, GuardedNetworkBackend)
+
+
+def test_plain_http_realm_refused_for_https_upstream() -> None:
+    upstream = Upstream(id="u", name="U", url="https://registry.example.com")
+    challenges = parse_challenges(['Bearer realm="http://registry.example.com/token",service="s"'])
+    with pytest.raises(UpstreamProtocolError, match="plain-http realm"):
+        discovery_from_challenges(upstream, challenges)
+    with pytest.raises(UpstreamProtocolError, match="not an absolute http"):
+        discovery_from_challenges(upstream, parse_challenges(['Bearer realm="file:///etc/passwd"']))
+
+
+# --------------------------------------------------------------------------- through gRPC
+# The upstream below is a stand-in server: no real registry advertises a hostile realm.
+
+
+async def _hostile(
+    service_factory: StartService, realm: str, *allow: str
+) -> tuple[Service, object]:
+    server = start_scripted(
+        lambda m, p: Reply(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'})
+    )
+    env: dict[str, str] = {}
+    entry = upstream_entry(
+        "up",
+        server.url,
+        credentials=("carol", "keep-me-secret"),
+        env=env,
+        realm_allow_hosts=list(allow),
+    )
+    return await service_factory(make_config([entry], {"r": ["up"]}, env=env)), server
+
+
+@pytest.mark.parametrize(
+    ("realm", "allow"),
+    [
+        ("http://collector.example.net/token", ()),  # foreign host
+        (
+            "http://localhost:9/token",
+            (),
+        ),  # another host name for the same machine is still another host
+        (
+            "http://169.254.169.254/latest/meta-data",
+            ("169.254.169.254",),
+        ),  # allow-listed, but link-local
+    ],
+)
+async def test_hostile_realm_gets_no_credentials(
+    service_factory: StartService, realm: str, allow: tuple[str, ...]
+) -> None:
+    service, server = await _hostile(service_factory, realm, *allow)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await service.auth("up", "library/alpine")
+        details = error_details(info.value)
+        assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert details.reason == "UPSTREAM_REALM_REFUSED"
+        assert "no credentials were sent" in details.message
+        # ResolveUpstream reports the same refusal as an auth failure of that upstream.
+        with pytest.raises(grpc.aio.AioRpcError) as resolved:
+            await service.resolve("r", "library/alpine/manifests/latest")
+        attempt = error_details(resolved.value).attempts[0]
+        assert attempt.outcome == 3  # ATTEMPT_OUTCOME_AUTH_FAILED
+    finally:
+        server.stop()  # type: ignore[attr-defined]
+
+
+async def test_allow_listed_realm_host_is_used(
+    service_factory: StartService, token_registry: RegistryServer, token_server: TokenServer
+) -> None:
+    token_server.set_user("carol", "keep-me-secret")
+    realm = f"http://localhost:{token_server.port}/token"
+    service, server = await _hostile(service_factory, realm, "localhost")
+    try:
+        reply = await service.auth("up", "public/alpine")
+        assert reply.scheme == "bearer"
+        assert token_server.records[0].username == "carol"
+    finally:
+        server.stop()  # type: ignore[attr-defined]
