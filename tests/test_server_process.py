@@ -4,77 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.processes import free_port
 from tests.support.proxy import ProxyFactory
 from tests.support.registry import RegistryServer
+from tests.support.server_process import SERVER, ServerProcess, launch
 from tests.support.token_server import TokenServer
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
 
-SERVER = (
-    shutil.which("vregistry-server", path=str(Path(sys.executable).parent)) or "vregistry-server"
-)
 WRONG_PASSWORD = "wrong-pw-must-not-leak-7731"
-
-
-class ServerProcess:
-    def __init__(self, args: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
-        self.port = port
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [SERVER, *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def wait_serving(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited early:\n{self.logs()}")
-            with grpc.insecure_channel(self.target) as channel:
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=0.5
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not serving after {timeout}s:\n{self.logs()}")
-
-    def logs(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture
@@ -291,3 +239,33 @@ def test_healthcheck_module(config_file: Path, run_server) -> None:  # type: ign
         timeout=30,
     )
     assert down.returncode == 1
+
+
+async def test_sigterm_under_load_finishes_every_in_flight_rpc(
+    tmp_path: Path, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    slow = proxy_factory(open_registry, delay_seconds=0.8, fault_methods=("HEAD",))
+    document = {
+        "upstreams": [{"id": "slow", "name": "Slow", "url": slow.url, "allow_http": True}],
+        "registries": [{"id": "r", "name": "R", "upstreams": ["slow"]}],
+        "settings": {"shutdown_grace_seconds": 5, "probe_concurrency": 1},
+    }
+    server = await asyncio.to_thread(launch, tmp_path, document)
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.UpstreamServiceStub(channel)
+            request = pb.ResolveUpstreamRequest(
+                registry_id="r", path="library/alpine/manifests/latest"
+            )
+            in_flight = [
+                asyncio.ensure_future(stub.ResolveUpstream(request, timeout=10)) for _ in range(40)
+            ]
+            await asyncio.sleep(0.3)
+            server.process.send_signal(signal.SIGTERM)
+            replies = await asyncio.gather(*in_flight, return_exceptions=True)
+            failures = [r for r in replies if isinstance(r, BaseException)]
+            assert not failures, failures[:3]
+            assert all(r.upstream.id == "slow" for r in replies)  # type: ignore[union-attr]
+        assert await asyncio.to_thread(server.process.wait, 10) == 0
+    finally:
+        server.stop()

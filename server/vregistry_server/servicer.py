@@ -135,6 +135,7 @@ async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[
     except Exception:
         code = "INTERNAL"
         log.exception("unexpected error", extra={"method": method})
+        context.set_code(grpc.StatusCode.INTERNAL)
         await context.abort_with_status(
             rpc_status.to_status(
                 status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see server logs")
@@ -147,7 +148,8 @@ async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: ResolverError) -> NoReturn:
-    _, code = _CODES[exc.kind]
+    grpc_code, code = _CODES[exc.kind]
+    context.set_code(grpc_code)  # tells interceptors (tracing) the code abort_with_status sends
     info = error_details_pb2.ErrorInfo(
         reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
     )
