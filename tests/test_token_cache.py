@@ -141,3 +141,74 @@ async def test_memory_cache_expiry_and_bound() -> None:
     await asyncio.sleep(0.1)
     assert await cache.get("short") is None
     assert "t4" not in repr(await cache.get("k4"))
+
+
+async def test_redis_values_encrypted_and_bound_to_their_key(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    key_a, key_b = bytes(range(32)), bytes(range(1, 33))
+    cache = RedisTokenCache(redis_server.url, encryption_key=key_a)
+    other = RedisTokenCache(redis_server.url, encryption_key=key_b)
+    plain = RedisTokenCache(redis_server.url)
+    try:
+        token = CachedToken("eyJhbGciOi.payload-secret.signature", 2_000_000_000.0)
+        await cache.set("vregistry:token:v1:a", token, 60)
+        raw = await redis_client.get("vregistry:token:v1:a")
+        assert raw is not None and b"payload-secret" not in raw and raw.startswith(b"aesgcm1:")
+        assert await cache.get("vregistry:token:v1:a") == token
+        assert await other.get("vregistry:token:v1:a") is None, "a wrong key cannot decrypt"
+        assert await plain.get("vregistry:token:v1:a") is None
+        # A value copied under another key does not decrypt there (the key is bound in).
+        await redis_client.set("vregistry:token:v1:b", raw)
+        assert await cache.get("vregistry:token:v1:b") is None
+    finally:
+        for c in (cache, other, plain):
+            await c.aclose()
+
+
+async def test_redis_stopping_under_load_fails_no_rpc(
+    service_factory: StartService,
+    token_registry: RegistryServer,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+) -> None:
+    # No near cache: every call goes to Redis, so the outage hits every call.
+    config = _config(token_registry, redis_url=redis_server.url, token_near_cache_seconds=0)
+    service = await service_factory(config)
+    repositories = [f"private/app{i}" for i in range(5)]
+    failures: list[BaseException] = []
+    done = asyncio.Event()
+    calls = 0
+
+    async def caller(index: int) -> None:
+        nonlocal calls
+        while not done.is_set():
+            repo = repositories[index % len(repositories)]
+            try:
+                if index % 2:
+                    await service.auth("token", repo)
+                else:
+                    await service.resolve("r", "private/app/manifests/v1")
+            except BaseException as exc:
+                failures.append(exc)
+            calls += 1
+
+    callers = [asyncio.ensure_future(caller(i)) for i in range(16)]
+    try:
+        await asyncio.sleep(0.3)
+        redis_server.stop()
+        await asyncio.sleep(0.6)
+        cache = service.resolver.cache
+        assert isinstance(cache, RedisTokenCache) and cache.degraded
+        redis_server.start()
+        for _ in range(50):  # bounded wait for the client to reconnect by itself
+            if not cache.degraded:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
+    finally:
+        done.set()
+        await asyncio.gather(*callers)
+    assert not failures, failures[:3]
+    assert calls > 100
+    assert not cache.degraded

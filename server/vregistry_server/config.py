@@ -7,6 +7,8 @@ and the field, so a bad deploy fails loudly at start instead of at the first pul
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from collections.abc import Mapping
@@ -19,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_MAX_UPSTREAMS_PER_REGISTRY = 20
+DEFAULT_MAX_REGISTRIES_PER_GROUP = 20
 MAX_CACHE_VALIDITY_HOURS = 24 * 365
 
 
@@ -104,6 +107,7 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     redis_url: str | None = None
     token_cache_max_ttl_seconds: float = 180.0
+    token_near_cache_seconds: float = 5.0
     token_expiry_margin_seconds: float = 10.0
     connect_timeout_seconds: float = 3.0
     request_timeout_seconds: float = 10.0
@@ -115,8 +119,11 @@ class Settings:
     circuit_failure_threshold: int = 5
     circuit_reset_seconds: float = 30.0
     max_upstreams_per_registry: int = DEFAULT_MAX_UPSTREAMS_PER_REGISTRY
+    max_registries_per_group: int = DEFAULT_MAX_REGISTRIES_PER_GROUP  # admin API (ConfigService)
     challenge_cache_seconds: float = 3600.0
     shutdown_grace_seconds: float = 10.0
+    # AES-256-GCM key for token values in Redis (None: stored as they are).
+    token_cache_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +180,8 @@ class SettingsEntry(_Strict):
     listen: str | None = None
     redis_url: str | None = None
     token_cache_max_ttl_seconds: float = Field(default=180.0, gt=0, le=86400)
+    # In-process layer in front of Redis (0 turns it off); see token_cache.RedisTokenCache.
+    token_near_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     token_expiry_margin_seconds: float = Field(default=10.0, ge=0, le=300)
     connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
@@ -186,8 +195,12 @@ class SettingsEntry(_Strict):
     max_upstreams_per_registry: int = Field(
         default=DEFAULT_MAX_UPSTREAMS_PER_REGISTRY, ge=1, le=1000
     )
+    max_registries_per_group: int = Field(default=DEFAULT_MAX_REGISTRIES_PER_GROUP, ge=1, le=1000)
     challenge_cache_seconds: float = Field(default=3600.0, ge=0, le=86400)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    # A base64 32-byte key that encrypts token values in Redis, by reference like passwords.
+    token_cache_key_env: str | None = Field(default=None, min_length=1)
+    token_cache_key_file: str | None = Field(default=None, min_length=1)
 
     @field_validator("redis_url")
     @classmethod
@@ -235,7 +248,7 @@ def build_config(
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(source, data, exc)) from None
     environ = os.environ if env is None else env
-    settings = _build_settings(parsed.settings)
+    settings = _build_settings(parsed.settings, source, environ)
     upstreams: dict[str, Upstream] = {}
     for index, entry in enumerate(parsed.upstreams):
         where = f"{source}: upstreams[{index}] (id {entry.id!r})"
@@ -251,9 +264,44 @@ def build_config(
     return Config(upstreams=upstreams, registries=registries, settings=settings, source=source)
 
 
-def _build_settings(entry: SettingsEntry) -> Settings:
+def _build_settings(entry: SettingsEntry, source: str, env: Mapping[str, str]) -> Settings:
     values = entry.model_dump(exclude_none=True)
+    key_env = values.pop("token_cache_key_env", None)
+    key_file = values.pop("token_cache_key_file", None)
+    values["token_cache_key"] = _cache_key(source, key_env, key_file, env)
     return Settings(**values)
+
+
+def _cache_key(
+    source: str, key_env: str | None, key_file: str | None, env: Mapping[str, str]
+) -> bytes | None:
+    if key_env and key_file:
+        raise ConfigError(
+            f"{source}: settings: field 'token_cache_key_env': give token_cache_key_env or token_cache_key_file, not both"
+        )
+    if not key_env and not key_file:
+        return None
+    field_name = "token_cache_key_env" if key_env else "token_cache_key_file"
+    where = f"{source}: settings: field '{field_name}'"
+    if key_env:
+        text = env.get(key_env)
+        if not text:
+            raise ConfigError(f"{where}: environment variable {key_env} is not set or empty")
+    else:
+        assert key_file is not None
+        try:
+            text = Path(key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {key_file}: {exc.strerror}") from None
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            f"{where}: the key must be 32 random bytes, base64-encoded (openssl rand -base64 32)"
+        )
+    return key
 
 
 def normalize_upstream_url(url: str, *, allow_http: bool) -> str:

@@ -21,6 +21,7 @@ from vregistry_server.realm_policy import EGRESS_REFUSED, GuardedNetworkBackend,
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
+DEADLINE_MARGIN_SECONDS = 0.05
 USER_AGENT = "vregistry/0.1 (+https://github.com/vregistry/vregistry)"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -57,9 +58,12 @@ class Budget:
 
     @classmethod
     def start(cls, total_seconds: float, caller_remaining: float | None = None) -> Budget:
-        seconds = (
-            total_seconds if caller_remaining is None else min(total_seconds, caller_remaining)
-        )
+        seconds = total_seconds
+        if caller_remaining is not None:
+            # Finish a little before the caller's deadline, so it gets our answer (say,
+            # "upstream 1 timed out, upstream 2 has it") instead of DEADLINE_EXCEEDED.
+            margin = min(DEADLINE_MARGIN_SECONDS, caller_remaining * 0.1)
+            seconds = min(total_seconds, caller_remaining - margin)
         return cls(time.monotonic() + max(seconds, 0.0))
 
     def remaining(self) -> float:

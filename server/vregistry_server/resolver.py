@@ -7,12 +7,13 @@ ResolverError that says what to fix.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import httpx
 
 from vregistry_server.auth import Authenticator, AuthHeaders
-from vregistry_server.config import Config, Registry, Upstream
+from vregistry_server.config import Config, Registry, Settings, Upstream
 from vregistry_server.errors import (
     InvalidArgument,
     InvalidPath,
@@ -23,11 +24,53 @@ from vregistry_server.errors import (
 )
 from vregistry_server.http import Budget, make_client
 from vregistry_server.paths import PathError, RegistryPath, parse_path, parse_path_or_repository
+from vregistry_server.ping import AuthDiscovery
 from vregistry_server.probe import Prober, Resolution
 from vregistry_server.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
 
 MAX_ID_LENGTH = 256
 MAX_ACTIONS = 8
+
+
+MAX_TRACKED_TOKENS_PER_UPSTREAM = 1024
+
+
+class TrackingAuthenticator(Authenticator):
+    """An Authenticator that remembers which token-cache keys belong to which upstream.
+
+    Cache keys are one-way hashes, so this is what lets a configuration change
+    drop an upstream's cached tokens (also from Redis) at once.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, cache: TokenCache, settings: Settings) -> None:
+        super().__init__(client, cache, settings)
+        self._token_keys: dict[str, dict[str, None]] = {}
+
+    async def headers_for(
+        self,
+        upstream: Upstream,
+        path: RegistryPath,
+        budget: Budget,
+        actions: Sequence[str] = (),
+        *,
+        discovery: AuthDiscovery | None = None,
+        bypass_cache: bool = False,
+    ) -> AuthHeaders:
+        result = await super().headers_for(
+            upstream, path, budget, actions, discovery=discovery, bypass_cache=bypass_cache
+        )
+        if result.token_key is not None:
+            keys = self._token_keys.setdefault(upstream.id, {})
+            keys[result.token_key] = None
+            if len(keys) > MAX_TRACKED_TOKENS_PER_UPSTREAM:
+                del keys[next(iter(keys))]
+        return result
+
+    async def invalidate(self, upstream_id: str) -> None:
+        """Forget the upstream's challenge and flow, and delete its cached tokens."""
+        self.forget(upstream_id)
+        for key in self._token_keys.pop(upstream_id, {}):
+            await self.cache.delete(key)
 
 
 class Resolver:
@@ -39,14 +82,43 @@ class Resolver:
     ) -> None:
         settings = config.settings
         self.config = config
-        self.cache = cache if cache is not None else _cache_for(settings.redis_url)
+        self.cache = cache if cache is not None else _cache_for(settings)
         self._owns_client = client is None
         self.client = client or make_client(
             connect_timeout=settings.connect_timeout_seconds,
             request_timeout=settings.request_timeout_seconds,
         )
-        self.authenticator = Authenticator(self.client, self.cache, settings)
+        self.authenticator = TrackingAuthenticator(self.client, self.cache, settings)
         self.prober = Prober(self.client, self.authenticator, settings)
+
+    def isolated_prober(self) -> tuple[Authenticator, Prober]:
+        """A prober with its own auth memory and token cache, sharing only the HTTP client.
+
+        For checks (the admin API's TestUpstream) that must neither read nor fill
+        the caches that serve real callers.
+        """
+        settings = self.config.settings
+        authenticator = Authenticator(self.client, MemoryTokenCache(max_entries=64), settings)
+        return authenticator, Prober(self.client, authenticator, settings)
+
+    async def apply_config(self, config: Config) -> set[str]:
+        """Switch to a new configuration in one step (admin API, live reload).
+
+        The settings stay those the resolver started with. Upstreams whose url,
+        credentials or auth options changed, or that are gone, lose their
+        discovered challenge and their cached tokens at once; the ids of those
+        upstreams are returned.
+        """
+        old = self.config.upstreams
+        changed = {
+            upstream_id
+            for upstream_id, upstream in old.items()
+            if _auth_identity(config.upstreams.get(upstream_id)) != _auth_identity(upstream)
+        }
+        self.config = dataclasses.replace(config, settings=self.config.settings)
+        for upstream_id in changed:
+            await self.authenticator.invalidate(upstream_id)
+        return changed
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -120,8 +192,14 @@ class Resolver:
         return await self.prober.resolve(registry, parsed, budget)
 
 
-def _cache_for(redis_url: str | None) -> TokenCache:
-    return RedisTokenCache(redis_url) if redis_url else MemoryTokenCache()
+def _cache_for(settings: Settings) -> TokenCache:
+    if not settings.redis_url:
+        return MemoryTokenCache()
+    return RedisTokenCache(
+        settings.redis_url,
+        near_cache_seconds=settings.token_near_cache_seconds,
+        encryption_key=settings.token_cache_key,
+    )
 
 
 def _check_id(field_name: str, value: str) -> None:
@@ -136,3 +214,16 @@ def _parse(path: str, parser: Callable[[str], RegistryPath]) -> RegistryPath:
         return parser(path)
     except PathError as exc:
         raise InvalidPath(str(exc)) from None
+
+
+def _auth_identity(upstream: Upstream | None) -> tuple[object, ...] | None:
+    """What an upstream's discovered challenge and tokens depend on."""
+    if upstream is None:
+        return None
+    return (
+        upstream.url,
+        upstream.credentials,
+        upstream.allow_http,
+        upstream.token_flow,
+        upstream.client_id,
+    )

@@ -9,9 +9,11 @@ memory and says so in the log until Redis answers again.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.exceptions import RedisError
 
 from vregistry_server import metrics
@@ -26,6 +30,8 @@ from vregistry_server import metrics
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "vregistry:token:v1:"
+MAX_REDIS_CONNECTIONS = 32
+_SEALED_PREFIX = "aesgcm1:"
 _NEAR_HIT = metrics.TOKEN_CACHE.labels("near", "hit")
 _NEAR_MISS = metrics.TOKEN_CACHE.labels("near", "miss")
 
@@ -110,14 +116,22 @@ class RedisTokenCache:
         socket_timeout: float = 0.5,
         near_cache_seconds: float = 0.0,
         near_cache_entries: int = 4096,
+        encryption_key: bytes | None = None,
     ) -> None:
-        self._redis = aioredis.Redis.from_url(
+        self._aead = AESGCM(encryption_key) if encryption_key else None
+        # A bounded pool: a burst of cold callers queues for a connection instead of
+        # opening hundreds of sockets at once (whose handshakes then time out and
+        # degrade the cache for everyone).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_REDIS_CONNECTIONS,
+            timeout=socket_timeout,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
             health_check_interval=30,
             retry_on_timeout=False,
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._fallback = MemoryTokenCache()
         self.degraded = False
         # The near cache: a small in-process layer in front of Redis, so the hot path
@@ -140,7 +154,7 @@ class RedisTokenCache:
                 self._mark_degraded(exc)
                 return await self._fallback.get(key)
             self._mark_healthy()
-            return _decode(raw) if raw is not None else None
+            return self._decode(key, raw) if raw is not None else None
         token = near.peek(key)
         if token is not None:
             _NEAR_HIT.inc()
@@ -156,7 +170,7 @@ class RedisTokenCache:
             self._mark_degraded(exc)
             return await self._fallback.get(key)
         self._mark_healthy()
-        token = _decode(raw) if raw is not None else None
+        token = self._decode(key, raw) if raw is not None else None
         if token is not None and isinstance(pttl_ms, int) and pttl_ms > 0:
             await near.set(key, token, min(self.near_cache_seconds, pttl_ms / 1000))
         return token
@@ -169,7 +183,7 @@ class RedisTokenCache:
         if self._near is not None:
             await self._near.set(key, token, min(self.near_cache_seconds, ttl_seconds))
         try:
-            await self._redis.set(key, _encode(token), px=ttl_ms)
+            await self._redis.set(key, self._encode(key, token), px=ttl_ms)
         except (RedisError, OSError) as exc:
             self._mark_degraded(exc)
             return
@@ -192,6 +206,28 @@ class RedisTokenCache:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+    def _encode(self, key: str, token: CachedToken) -> str:
+        plain = _encode(token)
+        if self._aead is None:
+            return plain
+        # The cache key is the associated data: a value cannot be replayed under another key.
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, plain.encode(), key.encode())
+        return _SEALED_PREFIX + base64.b64encode(nonce + sealed).decode("ascii")
+
+    def _decode(self, key: str, raw: bytes | str) -> CachedToken | None:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if self._aead is None:
+            return _decode(text)
+        if not text.startswith(_SEALED_PREFIX):
+            return None  # written without encryption (or by a misconfigured replica): a miss
+        try:
+            blob = base64.b64decode(text[len(_SEALED_PREFIX) :])
+            plain = self._aead.decrypt(blob[:12], blob[12:], key.encode())
+        except (ValueError, InvalidTag):
+            return None  # another key (rotation) or tampering: a miss, never an error
+        return _decode(plain)
 
     def _mark_degraded(self, exc: Exception) -> None:
         if not self.degraded:
