@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -34,37 +35,36 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """A username and password; the repr never shows the password."""
+    """A username and password; the repr never shows the password.
+
+    The fingerprint is computed once, when the credentials are built (at config
+    load or by the admin API), so no request ever pays for the slow hash.
+    """
 
     username: str
     password: str = field(repr=False)
+    fingerprint: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "fingerprint", credential_fingerprint(self.username, self.password)
+        )
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password='***')"
 
-    @property
-    def fingerprint(self) -> str:
-        return credential_fingerprint(self.username, self.password)
 
-
-_fingerprints: dict[tuple[str, str], str] = {}
-
-
+@functools.lru_cache(maxsize=1024)
 def credential_fingerprint(username: str, password: str) -> str:
     """A slow, salted hash of the credentials, for cache keys.
 
     Cache keys live in Redis where other tools can read them; a plain hash of a
     short password is cheap to reverse, a PBKDF2 one is not. It is the same on
-    every replica (so they share tokens) and memoised (so it costs once).
+    every replica, so they share tokens; memoised, so a configuration reload
+    does not pay for it again.
     """
-    cache_key = (username, password)
-    cached = _fingerprints.get(cache_key)
-    if cached is None:
-        salt = b"vregistry-credential-fingerprint-v1:" + username.encode()
-        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000)
-        cached = digest.hex()[:32]
-        _fingerprints[cache_key] = cached
-    return cached
+    salt = b"vregistry-credential-fingerprint-v1:" + username.encode()
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000).hex()[:32]
 
 
 TokenFlow = Literal["auto", "get", "oauth2"]
