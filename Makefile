@@ -1,12 +1,14 @@
 # Two commands set up a fresh machine:
 #   make serve   starts the service with the example config (in-memory token cache)
 #   make test    installs what the tests need and runs every check and test
+#   make bench   benchmarks against a bare gRPC baseline (not part of make test; see benchmarks/)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint typecheck pytest protos system-deps clean
+.PHONY: serve test lint lint-clients clients typecheck pytest protos system-deps clean
+.PHONY: bench soak leak bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +27,20 @@ serve: protos
 system-deps:
 	scripts/install-system-deps.sh
 
-lint: protos
+lint: protos lint-clients
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The committed client stubs must match protos/ (fails with a diff summary when they drift),
+# and the hand-written client code is formatted (each client's own config).
+lint-clients: protos
+	scripts/gen_clients.sh --check
+	cd clients/python && ../../$(VENV)/bin/ruff check . && ../../$(VENV)/bin/ruff format --check .
+	@unformatted="$$(gofmt -l clients/go)"; [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted"; exit 1; }
+
+# Regenerate every client's committed stubs from protos/ (pinned generators).
+clients: protos
+	scripts/gen_clients.sh
 
 typecheck: protos
 	$(VENV)/bin/mypy
@@ -39,3 +52,31 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) server/vregistry .pytest_cache .mypy_cache .ruff_cache
+
+# ---------------------------------------------------------------- benchmarks (not part of `make test`)
+# ghz, the gRPC load generator, is built from the Go module proxy into benchmarks/bin (gitignored).
+GHZ_VERSION := v0.120.0
+GHZ := benchmarks/bin/ghz
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(GHZ):
+	@command -v go >/dev/null 2>&1 || { echo "make bench needs Go >= 1.21 to build ghz (e.g. apt-get install golang-go)"; exit 1; }
+	GOBIN=$(CURDIR)/benchmarks/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]' --config-settings editable_mode=compat
+	touch $@
+
+bench-deps: protos system-deps $(BENCH_STAMP) $(GHZ)
+
+# Every scenario against the baseline, about 8 minutes: table on stdout, JSON in benchmarks/out/.
+bench: bench-deps
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# 10 minutes at 70 % of the measured capacity: zero errors and flat memory, or exit 1.
+soak: bench-deps
+	$(PY) -m benchmarks.run --soak 600 $(BENCH_ARGS)
+
+# RSS after 100,000 and after 1,000,000 hot-path calls (within 10 %, or exit 1); about 6 minutes.
+leak: bench-deps
+	$(PY) -m benchmarks.run --leak $(BENCH_ARGS)

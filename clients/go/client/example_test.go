@@ -1,0 +1,38 @@
+package client_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/vregistry/vregistry/clients/go/client"
+)
+
+// The README's example; compiled by go vet and go test (it has no Output, so it is not run).
+func ExampleNew() {
+	c, err := client.New("127.0.0.1:50051", client.WithInsecure(), client.WithTimeout(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	url, err := c.URLFor(ctx, "dockerhub", "library/alpine/manifests/latest")
+	if err != nil {
+		log.Fatal(err)
+	}
+	auth, err := c.GetAuthHeaders(ctx, "dockerhub", "library/alpine", nil) // nil actions: pull
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(url, auth.GetScheme(), auth.GetHeaders()["Authorization"] != "", auth.GetCacheHit())
+	hit, err := c.ResolveUpstream(ctx, "default", "library/alpine/manifests/latest")
+	if e, ok := client.AsError(err); ok {
+		fmt.Println(e.Code, e.Reason, e.Metadata)
+		for _, a := range e.Attempts {
+			fmt.Println(a.GetUpstreamId(), a.GetOutcome(), a.GetHttpStatus(), a.GetMessage())
+		}
+		return
+	}
+	fmt.Println(hit.GetUpstream().GetId(), hit.GetUrl(), hit.GetDigest(), hit.GetHeaders())
+}

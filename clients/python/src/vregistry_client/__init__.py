@@ -1,0 +1,30 @@
+"""asyncio client for the vregistry UpstreamService.
+
+    async with VRegistryClient("127.0.0.1:50051") as client:
+        url = await client.url_for("dockerhub", "library/alpine/manifests/latest")
+
+The generated messages live in :mod:`vregistry_client.v1` (``upstream_service_pb2``).
+"""
+
+from vregistry_client._client import DEFAULT_TIMEOUT, VRegistryClient
+from vregistry_client._errors import ERROR_DOMAIN, Reason, VRegistryError
+from vregistry_client.v1.upstream_service_pb2 import (
+    AttemptOutcome,
+    GetAuthHeadersResponse,
+    ResolveUpstreamResponse,
+    Upstream,
+    UpstreamAttempt,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ERROR_DOMAIN",
+    "AttemptOutcome",
+    "GetAuthHeadersResponse",
+    "Reason",
+    "ResolveUpstreamResponse",
+    "Upstream",
+    "UpstreamAttempt",
+    "VRegistryClient",
+    "VRegistryError",
+]

@@ -1,0 +1,21 @@
+export {
+  DEFAULT_DEADLINE_MS,
+  type RpcOptions,
+  type TlsOptions,
+  VRegistryClient,
+  type VRegistryClientOptions,
+} from "./client";
+export {
+  decodeStatusDetails,
+  ERROR_DOMAIN,
+  STATUS_DETAILS_KEY,
+  type StatusDetails,
+  statusCodeName,
+  VRegistryError,
+} from "./errors";
+export * from "./gen/vregistry/v1/upstream_service";
+export { ErrorInfo } from "./gen/google/rpc/error_details";
+export { Status } from "./gen/google/rpc/status";
+export { status as GrpcStatus, Metadata } from "@grpc/grpc-js";
+/** The admin ConfigService's generated types and client, for callers that manage the config. */
+export * as configService from "./gen/vregistry/v1/config_service";
