@@ -41,7 +41,7 @@ def outcomes(attempts: list[pb.UpstreamAttempt]) -> list[list[str]]:
 @live
 async def test_url_for(stack: dict[str, Any]) -> None:
     case = stack["url_for"]
-    async with VRegistryClient(stack["target"], timeout=20) as client:
+    async with VRegistryClient(stack["target"], insecure=True, timeout=20) as client:
         url = await client.url_for(case["upstream_id"], case["path"])
     assert url == case["expected_url"]
     ANSWERS["url_for"] = url
@@ -50,7 +50,7 @@ async def test_url_for(stack: dict[str, Any]) -> None:
 @live
 async def test_get_auth_headers_bearer_then_cached(stack: dict[str, Any]) -> None:
     case = stack["auth"]
-    async with VRegistryClient(stack["target"], timeout=20) as client:
+    async with VRegistryClient(stack["target"], insecure=True, timeout=20) as client:
         first = await client.get_auth_headers(case["upstream_id"], case["path"])
         second = await client.get_auth_headers(case["upstream_id"], case["path"])
     prefix, _, token = first.headers["Authorization"].partition(" ")
@@ -68,7 +68,7 @@ async def test_get_auth_headers_bearer_then_cached(stack: dict[str, Any]) -> Non
 @live
 async def test_resolve_upstream_hit(stack: dict[str, Any]) -> None:
     case = stack["resolve_hit"]
-    async with VRegistryClient(stack["target"], timeout=20) as client:
+    async with VRegistryClient(stack["target"], insecure=True, timeout=20) as client:
         reply = await client.resolve_upstream(case["registry_id"], case["path"])
     assert reply.upstream.id == case["expected_upstream_id"]
     assert reply.upstream.position == case["expected_position"]
@@ -88,7 +88,7 @@ async def test_resolve_upstream_hit(stack: dict[str, Any]) -> None:
 @live
 async def test_resolve_upstream_miss_carries_attempts(stack: dict[str, Any]) -> None:
     case = stack["resolve_miss"]
-    async with VRegistryClient(stack["target"], timeout=20) as client:
+    async with VRegistryClient(stack["target"], insecure=True, timeout=20) as client:
         with pytest.raises(VRegistryError) as info:
             await client.resolve_upstream(case["registry_id"], case["path"])
     error = info.value
@@ -106,7 +106,7 @@ async def test_resolve_upstream_miss_carries_attempts(stack: dict[str, Any]) -> 
 @live
 async def test_invalid_path(stack: dict[str, Any]) -> None:
     case = stack["invalid"]
-    async with VRegistryClient(stack["target"], timeout=20) as client:
+    async with VRegistryClient(stack["target"], insecure=True, timeout=20) as client:
         with pytest.raises(VRegistryError) as info:
             await client.url_for(case["upstream_id"], case["path"])
     error = info.value
@@ -119,7 +119,7 @@ async def test_invalid_path(stack: dict[str, Any]) -> None:
 @live
 async def test_default_and_per_call_timeout(stack: dict[str, Any]) -> None:
     case = stack["resolve_hit"]
-    async with VRegistryClient(stack["target"], timeout=1e-9) as client:
+    async with VRegistryClient(stack["target"], insecure=True, timeout=1e-9) as client:
         with pytest.raises(VRegistryError) as info:
             await client.resolve_upstream(case["registry_id"], case["path"])
         assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,6 +1,6 @@
 """asyncio client for the vregistry UpstreamService.
 
-    async with VRegistryClient("127.0.0.1:50051") as client:
+    async with VRegistryClient("127.0.0.1:50051", insecure=True) as client:
         url = await client.url_for("dockerhub", "library/alpine/manifests/latest")
 
 The generated messages live in :mod:`vregistry_client.v1` (``upstream_service_pb2``).

@@ -27,8 +27,10 @@ _Timeout = float | None | Literal[_Default.TIMEOUT]
 class VRegistryClient:
     """An asyncio client over one gRPC channel; use it as ``async with``.
 
-    ``credentials``: ``grpc.ssl_channel_credentials(...)`` (or any ChannelCredentials) for
-    TLS; ``None`` means a plaintext channel (loopback, or a mesh sidecar doing mTLS).
+    TLS by default, like the Go, TypeScript and Java clients: ``credentials`` defaults to
+    ``grpc.ssl_channel_credentials()`` (system roots); pass your own for a private CA or
+    mTLS. ``insecure=True`` asks for a plaintext channel (loopback, or a mesh sidecar
+    doing mTLS).
     ``timeout``: the default deadline of every call, in seconds (``None``: no deadline); each
     method also takes ``timeout=`` for that call. ``options``: gRPC channel arguments.
     Failed calls raise :class:`VRegistryError`.
@@ -39,14 +41,18 @@ class VRegistryClient:
         target: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        insecure: bool = False,
         timeout: float | None = DEFAULT_TIMEOUT,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
         self.timeout = timeout
-        if credentials is None:
+        if insecure and credentials is not None:
+            raise ValueError("give credentials or insecure=True, not both")
+        if insecure:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
+            credentials = credentials or grpc.ssl_channel_credentials()
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.UpstreamServiceStub(self._channel)
 
