@@ -256,6 +256,16 @@ def test_oversized_messages_are_refused_cleanly(stub: pb_grpc.UpstreamServiceStu
     )
 
 
+def test_oversized_headers_are_refused_cleanly(stub: pb_grpc.UpstreamServiceStub) -> None:
+    request = pb.UrlForRequest(upstream_id="open", path="")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.UrlFor(request, metadata=[("x-padding", "a" * 40_000)], timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert stub.UrlFor(request, metadata=[("x-padding", "a" * 4_000)], timeout=10).url.endswith(
+        "/v2/"
+    )
+
+
 def test_logs_show_no_tracebacks(fuzz_server: ServerProcess) -> None:
     # Runs after the fuzz tests in this module: nothing reached the "unexpected error" path.
     logs = fuzz_server.logs()

@@ -148,15 +148,31 @@ class Authenticator:
             metrics.TOKEN_CACHE.labels(self._cache.name, "miss").inc()
         token = await self._wait(
             self._token_flight.run(
-                key, lambda: self._fetch_and_store(upstream, discovery, scopes, key)
+                key,
+                lambda: self._fetch_and_store(
+                    upstream, discovery, scopes, key, recheck=not bypass_cache
+                ),
             ),
             budget,
         )
         return _bearer_headers(token, key, cache_hit=False)
 
     async def _fetch_and_store(
-        self, upstream: Upstream, discovery: AuthDiscovery, scopes: list[str], key: str
+        self,
+        upstream: Upstream,
+        discovery: AuthDiscovery,
+        scopes: list[str],
+        key: str,
+        *,
+        recheck: bool = True,
     ) -> CachedToken:
+        if recheck:
+            # A caller whose cache read was in flight while the previous fetch for this
+            # key stored its token and finished starts a new flight; the token is in the
+            # cache by now, so it must not cost a second token request.
+            cached = await self._cache.get(key)
+            if cached is not None and cached.expires_at > time.time():
+                return cached
         token = await self._exchanger.fetch(upstream, discovery, scopes, self._shared_budget())
         cached = CachedToken(value=token.value, expires_at=token.expires_at)
         ttl = min(

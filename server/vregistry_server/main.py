@@ -12,13 +12,16 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import grpc
 import yaml
@@ -28,15 +31,20 @@ from grpc_reflection.v1alpha import reflection
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
+from vregistry_server.admin import setup as admin_setup
 from vregistry_server.config import Config, ConfigError, build_config, load_config
 from vregistry_server.logs import configure_logging
+from vregistry_server.metrics import serve_metrics
 from vregistry_server.resolver import Resolver
 from vregistry_server.servicer import UpstreamServicer
+from vregistry_server.tracing import TracingUnavailable, enable_tracing
+from vregistry_server.workers import reserve_port, run_workers, split_listen
 
 log = logging.getLogger("vregistry_server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["UpstreamService"].full_name
 MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_METADATA_BYTES = 16 * 1024
 
 
 @dataclass
@@ -45,49 +53,88 @@ class RunningServer:
     port: int
     resolver: Resolver
     health: health_aio.HealthServicer
+    admin: admin_setup.AdminRuntime | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new RPCs, let in-flight ones finish within ``grace`` seconds, then close."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.admin is not None:
+            await self.admin.aclose()
         await self.resolver.aclose()
 
 
 async def start_server(
-    config: Config, listen: str, *, resolver: Resolver | None = None, reuse_port: bool = False
+    config: Config,
+    listen: str,
+    *,
+    resolver: Resolver | None = None,
+    reuse_port: bool = False,
+    admin: admin_setup.AdminRuntime | None = None,
 ) -> RunningServer:
-    """Build and start the server; ``listen`` may use port 0 for a free port."""
+    """Build and start the server; ``listen`` may use port 0 for a free port.
+
+    ``admin`` (see admin/setup.py) adds ConfigService, the caller-auth
+    interceptor and TLS credentials; without it the server is plaintext and open.
+    """
     resolver = resolver or Resolver(config)
     server = grpc.aio.server(
+        interceptors=admin.interceptors if admin is not None else None,
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-        ]
+            # Request headers past this are refused by gRPC itself (RESOURCE_EXHAUSTED).
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ],
     )
     pb_grpc.add_UpstreamServiceServicer_to_server(UpstreamServicer(resolver), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    admin_services = admin.register(server) if admin is not None else []
     reflection.enable_server_reflection(
         [
             SERVICE_NAME,
+            *admin_services,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
         server,
     )
-    port = server.add_insecure_port(listen)
+    if admin is not None and admin.credentials is not None:
+        port = server.add_secure_port(listen, admin.credentials)
+    else:
+        port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health.set("", serving)
     await health.set(SERVICE_NAME, serving)
-    return RunningServer(server, port, resolver, health)
+    for name in admin_services:
+        await health.set(name, serving)
+    return RunningServer(server, port, resolver, health, admin)
 
 
-async def serve(config: Config, listen: str) -> None:
-    running = await start_server(config, listen)
+async def serve(
+    config: Config,
+    listen: str,
+    *,
+    reuse_port: bool = False,
+    admin_options: admin_setup.AdminOptions | None = None,
+) -> None:
+    resolver = Resolver(config)
+    admin = None
+    if admin_options is not None:
+        try:
+            admin = await admin_setup.start_admin(admin_options, config, resolver)
+        except Exception as exc:
+            log.error("cannot start the admin store", extra={"error": str(exc)[:300]})
+            await resolver.aclose()
+            raise SystemExit(2) from None
+    running = await start_server(
+        config, listen, resolver=resolver, reuse_port=reuse_port, admin=admin
+    )
     settings = config.settings
     log.info(
         "serving",
@@ -96,8 +143,9 @@ async def serve(config: Config, listen: str) -> None:
             "port": running.port,
             "config": config.source,
             "token_cache": running.resolver.cache.name,
-            "upstreams": len(config.upstreams),
-            "registries": len(config.registries),
+            "upstreams": len(running.resolver.config.upstreams),
+            "registries": len(running.resolver.config.registries),
+            **(admin.describe() if admin is not None else {}),
         },
     )
     stop = asyncio.Event()
@@ -132,11 +180,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Redis URL for the shared token cache (env VREGISTRY_REDIS_URL); default: in memory",
     )
     parser.add_argument(
+        "--metrics-listen",
+        default=env.get("VREGISTRY_METRICS_LISTEN"),
+        help="HOST:PORT for the Prometheus /metrics endpoint (env VREGISTRY_METRICS_LISTEN); default: off",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("VREGISTRY_WORKERS", "1")),
+        help="server processes sharing the port with SO_REUSEPORT (env VREGISTRY_WORKERS; "
+        "default 1); with --metrics-listen, worker i serves metrics on that port + i",
+    )
+    parser.add_argument(
+        "--loop",
+        default=env.get("VREGISTRY_LOOP", "asyncio"),
+        choices=["asyncio", "uvloop"],
+        help="event loop (env VREGISTRY_LOOP; default asyncio); uvloop needs the "
+        "'uvloop' extra installed",
+    )
+    parser.add_argument(
+        "--otel",
+        default=env.get("VREGISTRY_OTEL", "off"),
+        choices=["off", "console", "otlp"],
+        help="OpenTelemetry tracing of every RPC (env VREGISTRY_OTEL; default off); needs the "
+        "'otel' extra",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("VREGISTRY_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
         help="log level (env VREGISTRY_LOG_LEVEL)",
     )
+    admin_setup.add_arguments(parser, env)
     return parser.parse_args(argv)
 
 
@@ -162,9 +237,79 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vregistry-server: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, config.settings.listen))
-    return 0
+    try:
+        admin_options = admin_setup.options_from_args(args, config)
+    except admin_setup.AdminSetupError as exc:
+        print(f"vregistry-server: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("vregistry-server: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        print("vregistry-server: --loop uvloop needs the uvloop package", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        if not _start_metrics(args.metrics_listen, 0) or not _start_tracing(args.otel):
+            return 2
+        _run(serve(config, config.settings.listen, admin_options=admin_options), args.loop)
+        return 0
+    # Fork before any gRPC object (or metrics thread) exists; each worker builds its own.
+    try:
+        reserved, listen = reserve_port(config.settings.listen)
+    except (OSError, ValueError) as exc:
+        print(
+            f"vregistry-server: cannot listen on {config.settings.listen}: {exc}", file=sys.stderr
+        )
+        return 2
+
+    def worker(index: int) -> int:
+        if not _start_metrics(args.metrics_listen, index) or not _start_tracing(args.otel):
+            return 2
+        _run(serve(config, listen, reuse_port=True, admin_options=admin_options), args.loop)
+        return 0
+
+    try:
+        return run_workers(
+            args.workers, worker, grace_seconds=config.settings.shutdown_grace_seconds
+        )
+    finally:
+        if reserved is not None:
+            reserved.close()
+
+
+def _start_tracing(exporter: str) -> bool:
+    if exporter == "off":
+        return True
+    try:
+        enable_tracing(exporter)
+    except TracingUnavailable as exc:
+        print(f"vregistry-server: {exc}", file=sys.stderr)
+        return False
+    log.info("tracing enabled", extra={"exporter": exporter})
+    return True
+
+
+def _start_metrics(metrics_listen: str | None, offset: int) -> bool:
+    if not metrics_listen:
+        return True
+    if offset:
+        host, port = split_listen(metrics_listen)
+        metrics_listen = f"{host}:{port + offset}"
+    try:
+        port = serve_metrics(metrics_listen)
+    except (OSError, ValueError) as exc:
+        print(f"vregistry-server: cannot serve metrics on {metrics_listen}: {exc}", file=sys.stderr)
+        return False
+    log.info("serving metrics", extra={"listen": metrics_listen, "port": port})
+    return True
+
+
+def _run(coro: Coroutine[Any, Any, None], loop: str) -> None:
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop == "uvloop":
+        factory = importlib.import_module("uvloop").new_event_loop
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)
 
 
 if __name__ == "__main__":

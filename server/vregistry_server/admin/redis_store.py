@@ -1,0 +1,194 @@
+"""The shared store: Redis, for several replicas, with change notification.
+
+Layout (prefix ``vregistry:config:v1:``): ``generation`` (a counter),
+``upstreams`` and ``registries`` (hashes of id -> JSON document; credentials
+sealed with AES-GCM, never plain). A commit is WATCH generation / MULTI / EXEC,
+so concurrent writers on different replicas serialize; the same transaction
+PUBLISHes the new generation on ``changes``, and every replica reloads when it
+hears it. A replica also polls the counter, so a missed message (a Redis
+restart, a dropped subscription) delays a change by seconds, never forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from vregistry_server.admin.crypto import Keyring
+from vregistry_server.admin.errors import Conflict, StoreUnavailable
+from vregistry_server.admin.records import (
+    State,
+    registry_from_doc,
+    registry_to_doc,
+    sealed_needs_rotation,
+    upstream_from_doc,
+    upstream_to_doc,
+)
+from vregistry_server.admin.store import Changes
+
+log = logging.getLogger(__name__)
+
+PREFIX = "vregistry:config:v1:"
+GENERATION = PREFIX + "generation"
+UPSTREAMS = PREFIX + "upstreams"
+REGISTRIES = PREFIX + "registries"
+CHANNEL = PREFIX + "changes"
+# A reload this often even without a message: covers a Redis that lost its data.
+FULL_RELOAD_SECONDS = 10.0
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, url: str, keyring: Keyring | None, *, socket_timeout: float = 2.0) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            # A connection broken by a Redis restart is replaced, not reported.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        host = self._redis.connection_pool.connection_kwargs.get("host", "?")
+        port = self._redis.connection_pool.connection_kwargs.get("port", "?")
+        self.location = f"redis://{host}:{port}"
+        self._keyring = keyring
+        self._pubsub: Any = None
+        self._last_full_reload = time.monotonic()
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._redis
+
+    async def open(self) -> None:
+        try:
+            await self._redis.setnx(GENERATION, 0)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot reach the Redis store: {type(exc).__name__}") from None
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(CHANNEL)
+        self._pubsub = pubsub
+
+    async def load(self) -> State:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(GENERATION)
+                pipe.hgetall(UPSTREAMS)
+                pipe.hgetall(REGISTRIES)
+                generation, upstream_docs, registry_docs = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot read the Redis store: {type(exc).__name__}") from None
+        upstreams = {}
+        for raw in upstream_docs.values():
+            record = upstream_from_doc(json.loads(raw), self._keyring)
+            upstreams[record.id] = record
+        registries = {}
+        for raw in registry_docs.values():
+            registry = registry_from_doc(json.loads(raw))
+            registries[registry.id] = registry
+        return State(int(generation or 0), upstreams, registries)
+
+    async def commit(self, expected_generation: int, changes: Changes) -> int:
+        upstream_docs = {
+            u.id: json.dumps(upstream_to_doc(u, self._keyring)) for u in changes.put_upstreams
+        }
+        registry_docs = {r.id: json.dumps(registry_to_doc(r)) for r in changes.put_registries}
+        new_generation = expected_generation + 1
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(GENERATION)
+                current = int(await pipe.get(GENERATION) or 0)
+                if current != expected_generation:
+                    raise Conflict()
+                pipe.multi()  # type: ignore[no-untyped-call]
+                if changes.delete_upstreams:
+                    pipe.hdel(UPSTREAMS, *changes.delete_upstreams)
+                if changes.delete_registries:
+                    pipe.hdel(REGISTRIES, *changes.delete_registries)
+                if upstream_docs:
+                    pipe.hset(UPSTREAMS, mapping=cast(Any, upstream_docs))
+                if registry_docs:
+                    pipe.hset(REGISTRIES, mapping=cast(Any, registry_docs))
+                pipe.set(GENERATION, new_generation)
+                pipe.publish(CHANNEL, str(new_generation))
+                await pipe.execute()
+        except WatchError:
+            raise Conflict() from None
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot write the Redis store: {type(exc).__name__}") from None
+        return new_generation
+
+    async def wait_for_change(self, known_generation: int, wait_seconds: float) -> bool:
+        try:
+            resync = self._pubsub is None
+            if resync:
+                await self._subscribe()
+            message = await self._pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=wait_seconds
+            )
+            if message is not None or resync:
+                # After a reconnect, messages may have been missed: reload once.
+                return True
+            current = int(await self._redis.get(GENERATION) or 0)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "config store: Redis unreachable; will retry", extra={"error": type(exc).__name__}
+            )
+            await self._drop_pubsub()
+            await asyncio.sleep(wait_seconds)
+            return False
+        if time.monotonic() - self._last_full_reload > FULL_RELOAD_SECONDS:
+            self._last_full_reload = time.monotonic()
+            return True
+        return current != known_generation
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    async def reencrypt(self) -> int:
+        keyring = self._keyring
+        if keyring is None:
+            return 0
+        for _ in range(10):
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(UPSTREAMS)
+                    docs = await pipe.hgetall(UPSTREAMS)
+                    fresh: dict[str, str] = {}
+                    for key, raw in docs.items():
+                        doc = json.loads(raw)
+                        if sealed_needs_rotation(doc, keyring):
+                            record = upstream_from_doc(doc, keyring)
+                            fresh[key.decode() if isinstance(key, bytes) else str(key)] = (
+                                json.dumps(upstream_to_doc(record, keyring))
+                            )
+                    if not fresh:
+                        return 0
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(UPSTREAMS, mapping=cast(Any, fresh))
+                    await pipe.execute()
+                    return len(fresh)
+            except WatchError:
+                continue
+        raise StoreUnavailable("could not re-encrypt: the store kept changing")
+
+    async def aclose(self) -> None:
+        await self._drop_pubsub()
+        await self._redis.aclose()

@@ -1,0 +1,341 @@
+"""The gRPC face of the admin API: vregistry.v1.ConfigService.
+
+Protobuf in, ConfigManager calls, protobuf or a google.rpc.Status out. No
+response is ever built with a username or password: UpstreamConfig carries
+only ``has_credentials``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from vregistry.v1 import config_service_pb2 as cpb
+from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
+from vregistry_server.admin.checks import StepKind, StepOutcome, check_upstream
+from vregistry_server.admin.errors import AdminError, Code
+from vregistry_server.admin.manager import (
+    ConfigManager,
+    RegistryInput,
+    UpstreamInput,
+    build_unsaved_upstream,
+)
+from vregistry_server.admin.records import RegistryRecord, UpstreamRecord, upstream_name
+from vregistry_server.errors import ERROR_DOMAIN
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ConfigService"].full_name
+
+_CODES = {
+    Code.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
+    Code.NOT_FOUND: code_pb2.NOT_FOUND,
+    Code.ALREADY_EXISTS: code_pb2.ALREADY_EXISTS,
+    Code.ABORTED: code_pb2.ABORTED,
+    Code.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
+    Code.UNAVAILABLE: code_pb2.UNAVAILABLE,
+}
+_FLOW_TO_PB = {
+    "auto": cpb.TOKEN_FLOW_AUTO,
+    "get": cpb.TOKEN_FLOW_GET,
+    "oauth2": cpb.TOKEN_FLOW_OAUTH2,
+}
+_FLOW_FROM_PB = {value: key for key, value in _FLOW_TO_PB.items()}
+_STEP_KINDS = {
+    StepKind.PING: cpb.TEST_STEP_KIND_PING,
+    StepKind.TOKEN_EXCHANGE: cpb.TEST_STEP_KIND_TOKEN_EXCHANGE,
+    StepKind.HEAD: cpb.TEST_STEP_KIND_HEAD,
+}
+_STEP_OUTCOMES = {
+    StepOutcome.SUCCEEDED: cpb.TEST_STEP_OUTCOME_SUCCEEDED,
+    StepOutcome.FAILED: cpb.TEST_STEP_OUTCOME_FAILED,
+    StepOutcome.SKIPPED: cpb.TEST_STEP_OUTCOME_SKIPPED,
+}
+
+
+class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
+    def __init__(self, manager: ConfigManager) -> None:
+        self._manager = manager
+
+    # ------------------------------------------------------------------ upstreams
+
+    async def CreateUpstream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.CreateUpstreamResponse:
+        record = await _call(
+            context,
+            "CreateUpstream",
+            self._manager.create_upstream(
+                request.parent, request.upstream_id, _upstream_input(request.upstream)
+            ),
+        )
+        return cpb.CreateUpstreamResponse(upstream=upstream_to_pb(record))
+
+    async def GetUpstream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.GetUpstreamResponse:
+        record = await _call(context, "GetUpstream", self._manager.get_upstream(request.name))
+        return cpb.GetUpstreamResponse(upstream=upstream_to_pb(record))
+
+    async def ListUpstreams(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.ListUpstreamsResponse:
+        records, token = await _call(
+            context,
+            "ListUpstreams",
+            self._manager.list_upstreams(request.parent, request.page_size, request.page_token),
+        )
+        return cpb.ListUpstreamsResponse(
+            upstreams=[upstream_to_pb(r) for r in records], next_page_token=token
+        )
+
+    async def UpdateUpstream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.UpdateUpstreamResponse:
+        given = request.upstream
+        record = await _call(
+            context,
+            "UpdateUpstream",
+            self._manager.update_upstream(
+                given.name, given.etag, list(request.update_mask.paths), _upstream_input(given)
+            ),
+        )
+        return cpb.UpdateUpstreamResponse(upstream=upstream_to_pb(record))
+
+    async def DeleteUpstream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.DeleteUpstreamResponse:
+        removed = await _call(
+            context,
+            "DeleteUpstream",
+            self._manager.delete_upstream(request.name, request.etag, request.force),
+        )
+        return cpb.DeleteUpstreamResponse(removed_from=removed)
+
+    async def TestUpstream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.TestUpstreamResponse:
+        async def run() -> cpb.TestUpstreamResponse:
+            target = request.WhichOneof("target")
+            if target == "name":
+                upstream = (await self._manager.get_upstream(request.name)).to_upstream()
+            elif target == "upstream":
+                upstream = build_unsaved_upstream(
+                    "test", "unsaved", _upstream_input(request.upstream)
+                ).to_upstream()
+            else:
+                raise AdminError("field 'target': give name or upstream")
+            result = await check_upstream(self._manager.resolver, upstream, request.path)
+            return cpb.TestUpstreamResponse(
+                ok=result.ok,
+                scheme=result.scheme,
+                steps=[
+                    cpb.TestStep(
+                        kind=_STEP_KINDS[s.kind],
+                        outcome=_STEP_OUTCOMES[s.outcome],
+                        http_status=s.http_status,
+                        latency_ms=s.latency_ms,
+                        message=s.message,
+                    )
+                    for s in result.steps
+                ],
+            )
+
+        return await _call(context, "TestUpstream", run())
+
+    # ------------------------------------------------------------------ registries
+
+    async def CreateRegistry(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.CreateRegistryResponse:
+        record = await _call(
+            context,
+            "CreateRegistry",
+            self._manager.create_registry(
+                request.parent, request.registry_id, _registry_input(request.registry)
+            ),
+        )
+        return cpb.CreateRegistryResponse(registry=registry_to_pb(record))
+
+    async def GetRegistry(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.GetRegistryResponse:
+        record = await _call(context, "GetRegistry", self._manager.get_registry(request.name))
+        return cpb.GetRegistryResponse(registry=registry_to_pb(record))
+
+    async def ListRegistries(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.ListRegistriesResponse:
+        records, token = await _call(
+            context,
+            "ListRegistries",
+            self._manager.list_registries(request.parent, request.page_size, request.page_token),
+        )
+        return cpb.ListRegistriesResponse(
+            registries=[registry_to_pb(r) for r in records], next_page_token=token
+        )
+
+    async def UpdateRegistry(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.UpdateRegistryResponse:
+        given = request.registry
+        record = await _call(
+            context,
+            "UpdateRegistry",
+            self._manager.update_registry(
+                given.name, given.etag, list(request.update_mask.paths), _registry_input(given)
+            ),
+        )
+        return cpb.UpdateRegistryResponse(registry=registry_to_pb(record))
+
+    async def DeleteRegistry(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.DeleteRegistryResponse:
+        await _call(
+            context, "DeleteRegistry", self._manager.delete_registry(request.name, request.etag)
+        )
+        return cpb.DeleteRegistryResponse()
+
+    async def AddUpstream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.AddUpstreamResponse:
+        record = await _call(
+            context,
+            "AddUpstream",
+            self._manager.add_upstream(
+                request.registry, request.upstream, request.position, request.etag
+            ),
+        )
+        return cpb.AddUpstreamResponse(registry=registry_to_pb(record))
+
+    async def RemoveUpstream(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.RemoveUpstreamResponse:
+        record = await _call(
+            context,
+            "RemoveUpstream",
+            self._manager.remove_upstream(request.registry, request.upstream, request.etag),
+        )
+        return cpb.RemoveUpstreamResponse(registry=registry_to_pb(record))
+
+    async def ReorderUpstreams(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> cpb.ReorderUpstreamsResponse:
+        order = [(m.upstream, m.position) for m in request.upstreams]
+        record = await _call(
+            context,
+            "ReorderUpstreams",
+            self._manager.reorder_upstreams(request.registry, order, request.etag),
+        )
+        return cpb.ReorderUpstreamsResponse(registry=registry_to_pb(record))
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _upstream_input(message: Any) -> UpstreamInput:
+    flow = _FLOW_FROM_PB.get(message.token_flow, "")
+    if message.token_flow and not flow:
+        raise AdminError(f"field 'token_flow': unknown value {message.token_flow}")
+    return UpstreamInput(
+        display_name=message.display_name,
+        url=message.url,
+        description=message.description,
+        username=message.username,
+        password=message.password,
+        cache_validity_hours=(
+            message.cache_validity_hours if message.HasField("cache_validity_hours") else None
+        ),
+        allow_http=message.allow_http,
+        token_flow=flow,
+        client_id=message.client_id,
+    )
+
+
+def _registry_input(message: Any) -> RegistryInput:
+    return RegistryInput(display_name=message.display_name, description=message.description)
+
+
+def upstream_to_pb(record: UpstreamRecord) -> cpb.UpstreamConfig:
+    # Deliberately no username and no password: credentials are write-only.
+    return cpb.UpstreamConfig(
+        name=record.resource_name,
+        display_name=record.display_name,
+        url=record.url,
+        description=record.description,
+        has_credentials=record.credentials is not None,
+        cache_validity_hours=record.cache_validity_hours,
+        allow_http=record.allow_http,
+        token_flow=_FLOW_TO_PB[record.token_flow],
+        client_id=record.client_id,
+        etag=record.etag,
+        create_time=_timestamp(record.create_time),
+        update_time=_timestamp(record.update_time),
+    )
+
+
+def registry_to_pb(record: RegistryRecord) -> cpb.RegistryConfig:
+    return cpb.RegistryConfig(
+        name=record.resource_name,
+        display_name=record.display_name,
+        description=record.description,
+        upstreams=[
+            cpb.RegistryMember(upstream=upstream_name(record.group, uid), position=index)
+            for index, uid in enumerate(record.members, start=1)
+        ],
+        etag=record.etag,
+        create_time=_timestamp(record.create_time),
+        update_time=_timestamp(record.update_time),
+    )
+
+
+def _timestamp(unix_seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(unix_seconds * 1e9))
+    return stamp
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[T]) -> T:
+    started = time.perf_counter()
+    try:
+        return await work
+    except AdminError as exc:
+        log.info(
+            "admin request refused",
+            extra={
+                "method": method,
+                "reason": exc.reason,
+                "error": exc.message,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        await _abort(context, exc)
+    except Exception:
+        log.exception("unexpected error", extra={"method": method})
+        await context.abort_with_status(
+            rpc_status.to_status(
+                status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see server logs")
+            )
+        )
+    raise AssertionError("abort_with_status returned")
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: AdminError) -> NoReturn:
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    status = status_pb2.Status(code=_CODES[exc.code], message=exc.message, details=[packed])
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returned")
