@@ -3,6 +3,7 @@ with certificates the fixtures make."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -226,5 +227,25 @@ async def test_mtls_with_tokens_together(pki: Pki, tmp_path: Path) -> None:
                 await _code(stub.ListUpstreams(request, metadata=_md(ADMIN_TOKEN), timeout=5))
                 == grpc.StatusCode.OK
             )
+    finally:
+        await service.close()
+
+
+async def test_container_healthcheck_over_mtls(pki: Pki) -> None:
+    from vregistry_server import healthcheck
+
+    service = await _start_tls(pki, mutual=True)
+    try:
+        args = [
+            service.target,
+            "--ca",
+            str(pki.ca.cert_path),
+            "--cert",
+            str(pki.client.cert_path),
+            "--key",
+            str(pki.client.key_path),
+        ]
+        assert await asyncio.to_thread(healthcheck.main, args) == 0
+        assert await asyncio.to_thread(healthcheck.main, [service.target]) == 1, "plaintext fails"
     finally:
         await service.close()
