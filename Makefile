@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint lint-clients clients typecheck pytest protos system-deps clean
+.PHONY: serve test lint lint-clients lint-protos clients typecheck pytest protos system-deps clean
 .PHONY: bench soak leak bench-deps
 
 $(STAMP): pyproject.toml
@@ -27,9 +27,15 @@ serve: protos
 system-deps:
 	scripts/install-system-deps.sh
 
-lint: protos lint-clients
+lint: protos lint-clients lint-protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The contract is lint-clean under buf's standard rules plus comments on everything
+# (buf's prebuilt binary comes from npm, pinned here).
+BUF_VERSION := 1.50.0
+lint-protos:
+	cd protos && npx --yes @bufbuild/buf@$(BUF_VERSION) lint
 
 # The committed client stubs must match protos/ (fails with a diff summary when they drift),
 # and the hand-written client code is formatted (each client's own config).
