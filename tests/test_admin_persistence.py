@@ -17,11 +17,11 @@ import grpc
 import pytest
 import redis
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.admin import AdminService, new_keyring, start_admin_service
 from tests.support.processes import RedisServer, free_port
 from tests.support.registry import RegistryServer
+from tests.support.server_process import wait_serving
 from tests.test_server_process import SERVER
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
@@ -149,24 +149,6 @@ async def test_key_rotation_reencrypts_at_start(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the real command
 
 
-def _wait_serving(target: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{log.read_text()}")
-        with grpc.insecure_channel(target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=0.5
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.1)
-    raise AssertionError(f"server not serving:\n{log.read_text()}")
-
-
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[object]:
     started: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -186,7 +168,7 @@ def spawn(tmp_path: Path) -> Iterator[object]:
         )
         started.append((process, log))
         target = f"127.0.0.1:{port}"
-        _wait_serving(target, process, log)
+        wait_serving(process, target, log)
         return target, log, process
 
     yield run

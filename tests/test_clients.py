@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.processes import free_port
 from tests.support.registry import RegistryServer
+from tests.support.server_process import wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ROOT / "clients"
@@ -57,24 +56,6 @@ class Stack:
     answers_dir: Path
     data: dict[str, Any]
     server_log: Path
-
-
-def _wait_serving(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"vregistry-server exited early:\n{log.read_text()}")
-        with grpc.insecure_channel(target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=0.5
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.1)
-    raise AssertionError(f"vregistry-server not serving after 30s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +100,7 @@ def stack(
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_serving(process, target, log_path)
+        wait_serving(process, target, log_path)
         hit = token_registry.images["public/alpine:latest"]
         data: dict[str, Any] = {
             "target": target,

@@ -30,6 +30,7 @@ from vregistry_server.token_exchange import TokenExchanger
 log = logging.getLogger(__name__)
 
 ANONYMOUS_FINGERPRINT = "anonymous"
+MAX_TRACKED_KEYS_PER_UPSTREAM = 1024
 T = TypeVar("T")
 
 
@@ -51,6 +52,8 @@ class Authenticator:
         self._discoveries: dict[str, tuple[AuthDiscovery, float]] = {}
         self._discovery_flight: SingleFlight[AuthDiscovery] = SingleFlight()
         self._token_flight: SingleFlight[CachedToken] = SingleFlight()
+        # Per upstream, the cache keys this process stored tokens under (oldest first).
+        self._token_keys: dict[str, dict[str, None]] = {}
 
     @property
     def cache(self) -> TokenCache:
@@ -95,6 +98,17 @@ class Authenticator:
         """Drop what we know about an upstream's auth: the next call rediscovers it."""
         self._discoveries.pop(upstream_id, None)
         self._exchanger.forget(upstream_id)
+
+    async def invalidate(self, upstream_id: str) -> None:
+        """Forget the upstream's challenge and flow, and delete the tokens we cached for it.
+
+        Cache keys are one-way hashes, so the keys this process stored are remembered
+        per upstream; every replica applies a configuration change, so together they
+        drop every copy (also from Redis) at once.
+        """
+        self.forget(upstream_id)
+        for key in self._token_keys.pop(upstream_id, {}):
+            await self._cache.delete(key)
 
     # ------------------------------------------------------------------ headers
 
@@ -180,6 +194,7 @@ class Authenticator:
             self._settings.token_cache_max_ttl_seconds,
         )
         await self._cache.set(key, cached, ttl)
+        self._remember_key(upstream.id, key)
         log.info(
             "fetched bearer token",
             extra={
@@ -192,8 +207,11 @@ class Authenticator:
         )
         return cached
 
-    async def drop_token(self, key: str) -> None:
-        await self._cache.delete(key)
+    def _remember_key(self, upstream_id: str, key: str) -> None:
+        keys = self._token_keys.setdefault(upstream_id, {})
+        keys[key] = None
+        if len(keys) > MAX_TRACKED_KEYS_PER_UPSTREAM:
+            del keys[next(iter(keys))]
 
     def _shared_budget(self) -> Budget:
         # A shared fetch serves many callers: it runs on the configured budget,

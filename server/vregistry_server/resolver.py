@@ -24,53 +24,11 @@ from vregistry_server.errors import (
 )
 from vregistry_server.http import Budget, make_client
 from vregistry_server.paths import PathError, RegistryPath, parse_path, parse_path_or_repository
-from vregistry_server.ping import AuthDiscovery
 from vregistry_server.probe import Prober, Resolution
 from vregistry_server.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
 
 MAX_ID_LENGTH = 256
 MAX_ACTIONS = 8
-
-
-MAX_TRACKED_TOKENS_PER_UPSTREAM = 1024
-
-
-class TrackingAuthenticator(Authenticator):
-    """An Authenticator that remembers which token-cache keys belong to which upstream.
-
-    Cache keys are one-way hashes, so this is what lets a configuration change
-    drop an upstream's cached tokens (also from Redis) at once.
-    """
-
-    def __init__(self, client: httpx.AsyncClient, cache: TokenCache, settings: Settings) -> None:
-        super().__init__(client, cache, settings)
-        self._token_keys: dict[str, dict[str, None]] = {}
-
-    async def headers_for(
-        self,
-        upstream: Upstream,
-        path: RegistryPath,
-        budget: Budget,
-        actions: Sequence[str] = (),
-        *,
-        discovery: AuthDiscovery | None = None,
-        bypass_cache: bool = False,
-    ) -> AuthHeaders:
-        result = await super().headers_for(
-            upstream, path, budget, actions, discovery=discovery, bypass_cache=bypass_cache
-        )
-        if result.token_key is not None:
-            keys = self._token_keys.setdefault(upstream.id, {})
-            keys[result.token_key] = None
-            if len(keys) > MAX_TRACKED_TOKENS_PER_UPSTREAM:
-                del keys[next(iter(keys))]
-        return result
-
-    async def invalidate(self, upstream_id: str) -> None:
-        """Forget the upstream's challenge and flow, and delete its cached tokens."""
-        self.forget(upstream_id)
-        for key in self._token_keys.pop(upstream_id, {}):
-            await self.cache.delete(key)
 
 
 class Resolver:
@@ -88,7 +46,7 @@ class Resolver:
             connect_timeout=settings.connect_timeout_seconds,
             request_timeout=settings.request_timeout_seconds,
         )
-        self.authenticator = TrackingAuthenticator(self.client, self.cache, settings)
+        self.authenticator = Authenticator(self.client, self.cache, settings)
         self.prober = Prober(self.client, self.authenticator, settings)
 
     def isolated_prober(self) -> tuple[Authenticator, Prober]:

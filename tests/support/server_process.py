@@ -36,21 +36,8 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def wait_serving(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited early:\n{self.logs()}")
-            with grpc.insecure_channel(self.target) as channel:
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=0.5
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not serving after {timeout}s:\n{self.logs()}")
+        self._log.flush()
+        wait_serving(self.process, self.target, self.log_path, timeout)
 
     def logs(self) -> str:
         if not self._log.closed:
@@ -67,6 +54,29 @@ class ServerProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def wait_serving(
+    process: subprocess.Popen[bytes], target: str, log_path: Path, timeout: float = 20
+) -> None:
+    """Poll the gRPC health service until SERVING; fail with the server's log if it dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early:\n{log_path.read_text(errors='replace')}")
+        with grpc.insecure_channel(target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=0.5
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(
+        f"server not serving after {timeout}s:\n{log_path.read_text(errors='replace')}"
+    )
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
