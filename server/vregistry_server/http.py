@@ -22,6 +22,7 @@ from vregistry_server.realm_policy import EGRESS_REFUSED, GuardedNetworkBackend,
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
 DEADLINE_MARGIN_SECONDS = 0.05
+MAX_ABANDONED_EXCHANGES = 2000
 USER_AGENT = "vregistry/0.1 (+https://github.com/vregistry/vregistry)"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -126,6 +127,12 @@ async def transport_errors(url: httpx.URL | str) -> AsyncIterator[None]:
         raise UpstreamUnreachable(describe_transport_error(exc, url)) from None
 
 
+# Exchanges whose caller stopped waiting (deadline, or a probe that lost the race):
+# held here until they end by httpx's own timeouts, so they are never garbage-collected
+# half-way and their errors are always retrieved.
+_abandoned: set[asyncio.Task[Response]] = set()
+
+
 async def send(
     client: httpx.AsyncClient,
     method: str,
@@ -142,18 +149,90 @@ async def send(
 
     Authorization is dropped as soon as a redirect leaves the original host,
     and an https -> http downgrade is refused.
+
+    The exchange is never cancelled in the middle: httpcore 1.0 can lose a pooled
+    connection when a task is cancelled while it connects or closes (encode/httpcore
+    #1093, #1115), which under load filled the pool with sockets in CLOSE-WAIT. So
+    it runs on its own task, bounded by httpx timeouts set from the budget, and a
+    caller that stops waiting (its deadline, or a probe that lost the race) simply
+    leaves it to finish.
     """
-    request_headers = dict(headers or {})
-    current = httpx.URL(str(url))
+    if len(_abandoned) >= MAX_ABANDONED_EXCHANGES:
+        # Upstreams are not answering and callers keep giving up: shed load rather
+        # than queue ever more requests behind them.
+        raise UpstreamUnreachable(
+            f"too many unanswered upstream requests in flight; not contacting {_origin(httpx.URL(str(url)))}"
+        )
+    remaining = budget.remaining()
+    if remaining <= 0:
+        raise UpstreamUnreachable(f"timed out before contacting {_origin(httpx.URL(str(url)))}")
+    # No pool timeout: httpcore's own pool-wait timeout is a cancellation and strands
+    # the connection it was about to hand over (#1093); the wait is bounded by the
+    # budget below instead, and the other timeouts end the exchange soon after.
+    timeout = httpx.Timeout(
+        remaining, connect=min(remaining, client.timeout.connect or remaining), pool=None
+    )
+    exchange = asyncio.ensure_future(
+        _exchange(
+            client,
+            method,
+            httpx.URL(str(url)),
+            http_timeout=timeout,
+            headers=dict(headers or {}),
+            params=params,
+            data=data,
+            read_body=read_body,
+            follow_redirects=follow_redirects,
+        )
+    )
+    try:
+        async with budget.timeout():
+            return await asyncio.shield(exchange)
+    except TimeoutError:
+        _abandon(exchange)
+        raise UpstreamUnreachable(describe_transport_error(TimeoutError(), url)) from None
+    except asyncio.CancelledError:
+        _abandon(exchange)
+        raise
+
+
+def _abandon(exchange: asyncio.Task[Response]) -> None:
+    if exchange.done():
+        if not exchange.cancelled():
+            exchange.exception()
+        return
+    _abandoned.add(exchange)
+
+    def finished(task: asyncio.Task[Response]) -> None:
+        _abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    exchange.add_done_callback(finished)
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    method: str,
+    current: httpx.URL,
+    *,
+    http_timeout: httpx.Timeout,
+    headers: dict[str, str],
+    params: list[tuple[str, str]] | None,
+    data: dict[str, str] | None,
+    read_body: bool,
+    follow_redirects: bool,
+) -> Response:
     original_host = (current.host, current.port)
-    async with transport_errors(current), budget.timeout():
+    async with transport_errors(current):
         for _hop in range(MAX_REDIRECTS + 1):
             request = client.build_request(
                 method,
                 current,
-                headers=request_headers,
+                headers=headers,
                 params=tuple(params) if params else None,
                 data=data,
+                timeout=http_timeout,
             )
             response = await client.send(request, stream=True)
             try:
@@ -162,8 +241,8 @@ async def send(
                     target = current.join(location)
                     _check_redirect(current, target)
                     if (target.host, target.port) != original_host:
-                        request_headers.pop("Authorization", None)
-                        request_headers.pop("authorization", None)
+                        headers.pop("Authorization", None)
+                        headers.pop("authorization", None)
                     if response.status_code == 303 and method != "HEAD":
                         method, data = "GET", None
                     current, params = target, None

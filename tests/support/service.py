@@ -98,8 +98,11 @@ class Service:
         await self.running.stop(0)
 
 
-async def start_service(config: Config, cache: TokenCache | None = None) -> Service:
-    running = await start_server(config, "127.0.0.1:0", resolver=Resolver(config, cache))
+async def start_service(
+    config: Config, cache: TokenCache | None = None, *, resolver: Resolver | None = None
+) -> Service:
+    resolver = resolver or Resolver(config, cache)
+    running = await start_server(config, "127.0.0.1:0", resolver=resolver)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     return Service(running, channel, pb_grpc.UpstreamServiceStub(channel))
 

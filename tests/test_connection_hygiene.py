@@ -1,0 +1,116 @@
+"""Probes that lose the race are abandoned without leaking connections.
+
+ResolveUpstream stops waiting for lower-priority upstreams once a higher one
+has the path, and a caller's deadline can end any HTTP exchange half-way. The
+soak benchmark once found sockets piling up in CLOSE-WAIT from exactly that;
+this test counts them on the real sockets of this process (/proc/net/tcp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tests.support.proxy import ProxyFactory
+from tests.support.registry import RegistryServer
+from tests.support.service import Service, make_config, upstream_entry
+
+StartService = Callable[..., Awaitable[Service]]
+TCP_STATES = {"01": "ESTABLISHED", "08": "CLOSE_WAIT"}
+
+
+def _sockets_to(port: int) -> dict[str, int]:
+    """Our sockets whose remote end is 127.0.0.1:port, counted by TCP state."""
+    counts: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port:
+                state = TCP_STATES.get(fields[3], fields[3])
+                counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+async def test_abandoned_probes_do_not_leak_connections(
+    service_factory: StartService,
+    open_registry: RegistryServer,
+    token_registry: RegistryServer,
+    proxy_factory: ProxyFactory,
+) -> None:
+    first = proxy_factory(open_registry)  # misses (no public/alpine there)
+    third = proxy_factory(open_registry, delay_seconds=0.2, fault_methods=("HEAD",))  # abandoned
+    entries = [
+        upstream_entry("first", first.url),
+        upstream_entry("second", token_registry.url),
+        upstream_entry("third", third.url),
+    ]
+    service = await service_factory(make_config(entries, {"r": ["first", "second", "third"]}))
+    third_port = int(third.url.rsplit(":", 1)[1])
+    for _ in range(4):
+        replies = await asyncio.gather(
+            *(service.resolve("r", "public/alpine/manifests/latest") for _ in range(25))
+        )
+        assert {r.upstream.id for r in replies} == {"second"}
+    # Let abandoned exchanges finish (they are bounded by the probe timeout) and the
+    # proxy close its side; a leaked socket then sits in CLOSE-WAIT forever.
+    await asyncio.sleep(1.5)
+    third.stop()
+    await asyncio.sleep(0.5)
+    sockets = _sockets_to(third_port)
+    assert sockets.get("CLOSE_WAIT", 0) == 0, sockets
+    assert third.count("HEAD") > 0, "the third upstream was really probed"
+
+
+async def test_pool_survives_cancellations_under_contention(
+    open_registry: RegistryServer, token_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    import httpx
+
+    from tests.support.service import start_service
+    from vregistry_server.http import guarded_transport
+    from vregistry_server.resolver import Resolver
+
+    # A small pool makes callers queue for connections, where httpcore 1.0 loses a
+    # connection slot if the waiting task is cancelled (encode/httpcore#1093).
+    transport = guarded_transport()
+    transport._pool._max_connections = 6
+    client = httpx.AsyncClient(
+        transport=transport, trust_env=False, timeout=httpx.Timeout(5, connect=2)
+    )
+    third = proxy_factory(open_registry, delay_seconds=0.05)
+    entries = [
+        upstream_entry("first", open_registry.url),
+        upstream_entry("second", token_registry.url),
+        upstream_entry("third", third.url),
+    ]
+    # The bursts below fail on purpose; keep the circuit breaker out of the way.
+    config = make_config(
+        entries, {"r": ["first", "second", "third"]}, circuit_failure_threshold=1000
+    )
+    service = await start_service(config, resolver=Resolver(config, client=client))
+    try:
+        for _ in range(5):  # bursts whose deadlines expire while callers queue for the pool
+            await asyncio.gather(
+                *(
+                    service.resolve("r", "public/alpine/manifests/latest", timeout=0.3)
+                    for _ in range(60)
+                ),
+                return_exceptions=True,
+            )
+        await asyncio.sleep(1.0)  # abandoned exchanges end by their own timeouts
+        # Every slot came back: a burst as large as the pool still gets through at once.
+        replies = await asyncio.gather(
+            *(service.resolve("r", "public/alpine/manifests/latest", timeout=5) for _ in range(6))
+        )
+        assert {r.upstream.id for r in replies} == {"second"}
+        await asyncio.sleep(1.0)  # the abandoned probes of "third" finish
+        stuck = [c for c in transport._pool.connections if not (c.is_idle() or c.is_closed())]
+        assert not stuck, stuck
+    finally:
+        await service.close()
+        await client.aclose()
