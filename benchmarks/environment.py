@@ -1,0 +1,279 @@
+"""The world the benchmark runs in: real Redis, a real token registry, proxies, processes.
+
+Everything comes from the test suite's fixtures (``tests.support``) and listens on
+127.0.0.1 only: redis-server, Debian's docker-registry with token auth, the token
+server, and the counting/delaying proxy in front of each upstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.procstat import process_tree  # noqa: E402
+from tests.support.httpserver import QuietServer  # noqa: E402
+from tests.support.processes import (  # noqa: E402
+    ManagedProcess,
+    RedisServer,
+    free_port,
+    start_redis,
+)
+from tests.support.proxy import Proxy, start_proxy  # noqa: E402
+from tests.support.registry import RegistryServer, start_registry  # noqa: E402
+from tests.support.token_server import TokenServer, start_token_server  # noqa: E402
+from vregistry.v1 import upstream_service_pb2 as pb  # noqa: E402
+from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc  # noqa: E402
+
+USER = "bob"
+PASSWORD = "s3cret-token-pw"
+PASSWORD_ENV = "VREG_BENCH_PASSWORD"
+RESOLVE_DELAY_SECONDS = 0.2
+HOT_PATH = "private/app/manifests/v1"
+
+
+@dataclass
+class Environment:
+    redis: RedisServer
+    token_server: TokenServer
+    registry: RegistryServer  # token auth, holds private/app:v1 and public/alpine:latest
+    empty_registry: RegistryServer  # token auth, holds nothing: the first upstream misses
+    hot_proxy: Proxy  # counting only, in front of ``registry``
+    cold_proxy: Proxy  # counting only: pings of the cold-cache scenarios
+    resolve_proxies: list[Proxy]  # one per upstream of the "chain" registry, 200 ms each
+    workdir: Path
+
+    def config(
+        self, name: str, *, near_cache_seconds: float = 5.0, token_ttl_seconds: float = 180.0
+    ) -> Path:
+        def upstream(upstream_id: str, url: str) -> dict[str, Any]:
+            return {
+                "id": upstream_id,
+                "name": f"Bench {upstream_id}",
+                "url": url,
+                "allow_http": True,
+                "username": USER,
+                "password_env": PASSWORD_ENV,
+            }
+
+        r1, r2, r3 = self.resolve_proxies
+        data = {
+            "settings": {
+                "redis_url": self.redis.url,
+                "token_near_cache_seconds": near_cache_seconds,
+                "token_cache_max_ttl_seconds": token_ttl_seconds,
+                "shutdown_grace_seconds": 2,
+            },
+            "upstreams": [
+                upstream("hot", self.hot_proxy.url),
+                upstream("cold", self.cold_proxy.url),
+                upstream("r1", r1.url),
+                upstream("r2", r2.url),
+                upstream("r3", r3.url),
+            ],
+            "registries": [{"id": "chain", "name": "Chain", "upstreams": ["r1", "r2", "r3"]}],
+        }
+        path = self.workdir / f"config-{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def flush_redis(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+    def redis_commands(self) -> int:
+        """Commands Redis has executed so far (``INFO commandstats``, without INFO itself)."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            stats: dict[str, Any] = client.info("commandstats")
+        finally:
+            client.close()
+        return sum(
+            int(v["calls"])
+            for k, v in stats.items()
+            if k not in {"cmdstat_info", "cmdstat_flushdb"}
+        )
+
+
+@contextlib.contextmanager
+def environment(workdir: Path) -> Iterator[Environment]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    # socketserver's listen backlog is 5: under load the kernel drops SYNs past it and the
+    # client retransmits a second later, which would show up as the proxies' tail latency
+    # rather than the service's. The benchmark's own fixtures get a real backlog.
+    QuietServer.request_queue_size = 1024
+    redis = start_redis()
+    token_server = start_token_server(users={USER: PASSWORD}, public_prefixes=("public/",))
+    registry: RegistryServer | None = None
+    empty: RegistryServer | None = None
+    proxies: list[Proxy] = []
+    try:
+        registry = start_registry("token", users={USER: PASSWORD}, token_server=token_server)
+        registry.push_image("private/app", "v1", kind="docker")
+        registry.push_image("public/alpine", "latest", kind="docker")
+        empty = start_registry("token", users={USER: PASSWORD}, token_server=token_server)
+        hot = start_proxy(registry.url)
+        cold = start_proxy(registry.url)
+        resolve = [start_proxy(empty.url), start_proxy(registry.url), start_proxy(registry.url)]
+        proxies = [hot, cold, *resolve]
+        for proxy in resolve:
+            proxy.configure(delay_seconds=RESOLVE_DELAY_SECONDS)
+        token_server.reset()
+        yield Environment(redis, token_server, registry, empty, hot, cold, resolve, workdir)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        for server in (empty, registry):
+            if server is not None:
+                server.close()
+        token_server.close()
+        redis.close()
+
+
+# --------------------------------------------------------------------------- server processes
+
+
+@dataclass
+class ServerProcess:
+    """The service or the baseline, run as a subprocess on a fixed port."""
+
+    name: str
+    argv: list[str]
+    port: int
+    workers: int
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: ManagedProcess | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None and self.process.pid is not None
+        return self.process.pid
+
+    def pids(self) -> list[int]:
+        return process_tree(self.pid)
+
+    def start(self) -> ServerProcess:
+        self.process = ManagedProcess(
+            self.name,
+            self.argv,
+            port=self.port,
+            log_dir=self.log_dir,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+        )
+        self.process.start(timeout=30.0, ready=self._ready)
+        return self
+
+    def _ready(self) -> bool:
+        if len(self.pids()) < (self.workers + 1 if self.workers > 1 else 1):
+            return False
+        try:
+            with grpc.insecure_channel(self.target) as channel:
+                stub = pb_grpc.UpstreamServiceStub(channel)
+                # Every worker must answer: a few fresh connections spread over them.
+                stub.UrlFor(pb.UrlForRequest(upstream_id="hot", path=""), timeout=2)
+        except grpc.RpcError as exc:
+            return exc.code() is not grpc.StatusCode.UNAVAILABLE
+        if self.workers > 1:
+            time.sleep(1.0)
+        return True
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=10.0)
+
+
+def service_process(
+    config: Path,
+    log_dir: Path,
+    *,
+    name: str = "service",
+    workers: int = 1,
+    loop: str = "asyncio",
+    extra: Sequence[str] = (),
+) -> ServerProcess:
+    port = free_port()
+    server = str(ROOT / ".venv" / "bin" / "vregistry-server")
+    if not Path(server).exists():
+        server = "vregistry-server"
+    argv = [
+        server,
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--loop",
+        loop,
+        "--log-level",
+        "info",
+        *extra,
+    ]
+    return ServerProcess(name, argv, port, workers, log_dir, {PASSWORD_ENV: PASSWORD})
+
+
+def baseline_process(
+    log_dir: Path, sizes: dict[str, int], *, workers: int = 1, loop: str = "asyncio"
+) -> ServerProcess:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.baseline_server",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--loop",
+        loop,
+        "--url-bytes",
+        str(sizes["UrlFor"]),
+        "--auth-bytes",
+        str(sizes["GetAuthHeaders"]),
+        "--resolve-bytes",
+        str(sizes["ResolveUpstream"]),
+    ]
+    return ServerProcess(f"baseline-w{workers}-{loop}", argv, port, workers, log_dir)
+
+
+def response_sizes(target: str) -> dict[str, int]:
+    """The real server's response sizes for the benchmark's requests (the baseline mimics them)."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.UpstreamServiceStub(channel)
+        url = stub.UrlFor(pb.UrlForRequest(upstream_id="hot", path=HOT_PATH), timeout=10)
+        auth = stub.GetAuthHeaders(
+            pb.GetAuthHeadersRequest(upstream_id="hot", path=HOT_PATH), timeout=10
+        )
+        resolve = stub.ResolveUpstream(
+            pb.ResolveUpstreamRequest(registry_id="chain", path=HOT_PATH), timeout=10
+        )
+    return {
+        "UrlFor": url.ByteSize(),
+        "GetAuthHeaders": auth.ByteSize(),
+        "ResolveUpstream": resolve.ByteSize(),
+    }
