@@ -114,18 +114,18 @@ async def test_redis_outage_degrades_to_memory_and_recovers(
 
 
 def test_cache_key_separates_what_must_not_share_a_token() -> None:
-    base = cache_key("up", "https://auth/token", "svc", ["repository:a:pull"], "fp1")
+    base = cache_key("up", "https://auth/token", "svc", ("repository:a:pull",), "fp1")
     assert base.startswith(KEY_PREFIX)
-    assert base == cache_key("up", "https://auth/token", "svc", ["repository:a:pull"], "fp1")
-    assert cache_key("up", "https://a/t", "svc", ["s1", "s2"], "f") == cache_key(
-        "up", "https://a/t", "svc", ["s2", "s1"], "f"
+    assert base == cache_key("up", "https://auth/token", "svc", ("repository:a:pull",), "fp1")
+    assert cache_key("up", "https://a/t", "svc", ("s1", "s2"), "f") == cache_key(
+        "up", "https://a/t", "svc", ("s2", "s1"), "f"
     )
     variants = [
-        cache_key("other", "https://auth/token", "svc", ["repository:a:pull"], "fp1"),
-        cache_key("up", "https://evil/token", "svc", ["repository:a:pull"], "fp1"),
-        cache_key("up", "https://auth/token", "svc2", ["repository:a:pull"], "fp1"),
-        cache_key("up", "https://auth/token", "svc", ["repository:b:pull"], "fp1"),
-        cache_key("up", "https://auth/token", "svc", ["repository:a:pull"], "fp2"),
+        cache_key("other", "https://auth/token", "svc", ("repository:a:pull",), "fp1"),
+        cache_key("up", "https://evil/token", "svc", ("repository:a:pull",), "fp1"),
+        cache_key("up", "https://auth/token", "svc2", ("repository:a:pull",), "fp1"),
+        cache_key("up", "https://auth/token", "svc", ("repository:b:pull",), "fp1"),
+        cache_key("up", "https://auth/token", "svc", ("repository:a:pull",), "fp2"),
     ]
     assert len(set(variants) | {base}) == 6
 

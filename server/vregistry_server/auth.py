@@ -151,15 +151,15 @@ class Authenticator:
         fingerprint = (
             upstream.credentials.fingerprint if upstream.credentials else ANONYMOUS_FINGERPRINT
         )
-        key = cache_key(upstream.id, discovery.realm, discovery.service, scopes, fingerprint)
+        key = cache_key(upstream.id, discovery.realm, discovery.service, tuple(scopes), fingerprint)
         if bypass_cache:
             await self._cache.delete(key)
         else:
             cached = await self._cache.get(key)
             if cached is not None and cached.expires_at > time.time():
-                metrics.TOKEN_CACHE.labels(self._cache.name, "hit").inc()
+                metrics.token_cache_child(self._cache.name, "hit").inc()
                 return _bearer_headers(cached, key, cache_hit=True)
-            metrics.TOKEN_CACHE.labels(self._cache.name, "miss").inc()
+            metrics.token_cache_child(self._cache.name, "miss").inc()
         token = await self._wait(
             self._token_flight.run(
                 key,

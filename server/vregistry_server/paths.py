@@ -19,6 +19,7 @@ most 100 characters of input, and is safe to return to a caller.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class RegistryPath:
         return self.reference is not None and ":" in self.reference
 
 
+@functools.lru_cache(maxsize=4096)  # the hot path asks about the same few paths again and again
 def parse_path(path: str) -> RegistryPath:
     """Parse an API path below ``/v2/``: the root, or a manifests/blobs/tags/referrers endpoint."""
     segments = _segments(path)
@@ -142,6 +144,7 @@ def parse_path(path: str) -> RegistryPath:
     raise PathError(_no_endpoint_reason(segments))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_path_or_repository(value: str) -> RegistryPath:
     """As :func:`parse_path`, but a bare repository name gives ``Endpoint.REPOSITORY``.
 

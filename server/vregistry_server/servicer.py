@@ -142,8 +142,9 @@ async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[
             )
         )
     finally:
-        metrics.RPC_REQUESTS.labels(method, code).inc()
-        metrics.RPC_DURATION.labels(method, code).observe(time.perf_counter() - started)
+        requests, duration = metrics.rpc_children(method, code)
+        requests.inc()
+        duration.observe(time.perf_counter() - started)
     raise AssertionError("abort_with_status returned")
 
 

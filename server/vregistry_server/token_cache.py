@@ -10,13 +10,13 @@ memory and says so in the log until Redis answers again.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,8 +42,9 @@ class CachedToken:
     expires_at: float  # unix time
 
 
+@functools.lru_cache(maxsize=4096)
 def cache_key(
-    upstream_id: str, realm: str, service: str, scopes: Sequence[str], credential_fingerprint: str
+    upstream_id: str, realm: str, service: str, scopes: tuple[str, ...], credential_fingerprint: str
 ) -> str:
     material = "\x00".join(
         [upstream_id, realm, service, " ".join(sorted(scopes)), credential_fingerprint]
