@@ -235,3 +235,39 @@ async def test_allow_listed_realm_host_is_used(
         assert token_server.records[0].username == "carol"
     finally:
         server.stop()  # type: ignore[attr-defined]
+
+
+def test_redirect_rules() -> None:
+    from vregistry_server.http import _check_redirect
+
+    with pytest.raises(UpstreamProtocolError, match="downgrades https to http"):
+        _check_redirect(
+            httpx.URL("https://auth.example.com/token"), httpx.URL("http://auth.example.com/token")
+        )
+    with pytest.raises(UpstreamProtocolError, match="non-http"):
+        _check_redirect(
+            httpx.URL("https://auth.example.com/token"), httpx.URL("file:///etc/passwd")
+        )
+    _check_redirect(httpx.URL("http://127.0.0.1/token"), httpx.URL("https://127.0.0.1/token"))
+
+
+async def test_redirect_loops_are_bounded(service_factory: StartService) -> None:
+    # A stand-in token endpoint that redirects forever (no real token server does).
+    def script(method: str, path: str) -> Reply:
+        if path.startswith("/v2/"):
+            return Reply(
+                401, headers={"WWW-Authenticate": f'Bearer realm="{server.url}/token",service="s"'}
+            )
+        return Reply(302, headers={"Location": "/token?again=1"})
+
+    server = start_scripted(script)
+    try:
+        service = await service_factory(make_config([upstream_entry("up", server.url)]))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await service.auth("up", "library/alpine")
+        details = error_details(info.value)
+        assert details.reason == "UPSTREAM_PROTOCOL_ERROR"
+        assert "more than 3 redirects" in details.message
+        assert len([s for s in server.seen if s.path.startswith("/token")]) == 4
+    finally:
+        server.stop()
