@@ -105,8 +105,8 @@ async def test_redis_outage_degrades_to_memory_and_recovers(
     # Meanwhile tokens are held in process memory.
     assert (await service.auth("token", "private/app/manifests/v1")).cache_hit
     redis_server.start()
-    for _ in range(50):  # bounded: the client reconnects by itself
-        await service.auth("token", "private/other/manifests/v1")
+    for attempt in range(50):  # bounded: the client reconnects by itself
+        await service.auth("token", f"private/other{attempt}/manifests/v1")
         if not cache.degraded:
             break
         await asyncio.sleep(0.1)
@@ -211,4 +211,41 @@ async def test_redis_stopping_under_load_fails_no_rpc(
         await asyncio.gather(*callers)
     assert not failures, failures[:3]
     assert calls > 100
+    assert not cache.degraded
+
+
+async def test_hanging_redis_costs_one_timeout_not_one_per_call(
+    service_factory: StartService,
+    token_registry: RegistryServer,
+    redis_server: RedisServer,
+    redis_client: aioredis.Redis,
+) -> None:
+    import os
+    import signal
+    import time
+
+    # A Redis that hangs (here: SIGSTOP) answers nothing, so each command waits for the
+    # socket timeout; while degraded the cache goes to Redis at most once a second.
+    config = _config(token_registry, redis_url=redis_server.url, token_near_cache_seconds=0)
+    service = await service_factory(config)
+    await service.auth("token", "private/app")
+    pid = redis_server.process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        for _ in range(40):
+            reply = await service.auth("token", "private/app")
+            assert reply.scheme == "bearer"
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.0, f"40 calls took {elapsed:.2f}s with Redis hanging"
+        cache = service.resolver.cache
+        assert isinstance(cache, RedisTokenCache) and cache.degraded
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for _ in range(40):  # bounded: recovers within a retry interval or two
+        await service.auth("token", "private/app")
+        if not cache.degraded:
+            break
+        await asyncio.sleep(0.1)
     assert not cache.degraded

@@ -30,6 +30,7 @@ from vregistry_server import metrics
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "vregistry:token:v1:"
+REDIS_RETRY_SECONDS = 1.0
 MAX_REDIS_CONNECTIONS = 32
 _SEALED_PREFIX = "aesgcm1:"
 _NEAR_HIT = metrics.TOKEN_CACHE.labels("near", "hit")
@@ -135,6 +136,9 @@ class RedisTokenCache:
         self._redis = aioredis.Redis.from_pool(pool)
         self._fallback = MemoryTokenCache()
         self.degraded = False
+        # While degraded, Redis is only tried again after this time (monotonic): a Redis
+        # that hangs instead of refusing would otherwise cost every call a socket timeout.
+        self._retry_at = 0.0
         # The near cache: a small in-process layer in front of Redis, so the hot path
         # usually makes no Redis round trip at all. An entry lives at most
         # ``near_cache_seconds`` and never past the Redis entry's own TTL, so a token
@@ -146,7 +150,12 @@ class RedisTokenCache:
     def client(self) -> aioredis.Redis:
         return self._redis
 
+    def _skip_redis(self) -> bool:
+        return self.degraded and time.monotonic() < self._retry_at
+
     async def get(self, key: str) -> CachedToken | None:
+        if self._skip_redis():
+            return await self._fallback.get(key)
         near = self._near
         if near is None:
             try:
@@ -183,6 +192,8 @@ class RedisTokenCache:
         await self._fallback.set(key, token, ttl_seconds)
         if self._near is not None:
             await self._near.set(key, token, min(self.near_cache_seconds, ttl_seconds))
+        if self._skip_redis():
+            return
         try:
             await self._redis.set(key, self._encode(key, token), px=ttl_ms)
         except (RedisError, OSError) as exc:
@@ -231,6 +242,7 @@ class RedisTokenCache:
         return _decode(plain)
 
     def _mark_degraded(self, exc: Exception) -> None:
+        self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
         if not self.degraded:
             self.degraded = True
             metrics.TOKEN_CACHE_DEGRADED.set(1)
