@@ -24,6 +24,7 @@ class Kind(enum.Enum):
     NOT_FOUND = "not_found"
     FAILED_PRECONDITION = "failed_precondition"
     UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class ResolverError(Exception):
@@ -82,6 +83,13 @@ class UpstreamProtocolError(ResolverError):
 
     kind = Kind.UNAVAILABLE
     reason = "UPSTREAM_PROTOCOL_ERROR"
+
+
+class DeadlineExceeded(ResolverError):
+    """The caller's deadline had passed before any work could start."""
+
+    kind = Kind.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
 
 
 class ResolveFailed(ResolverError):

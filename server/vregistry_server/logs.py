@@ -14,12 +14,14 @@ import sys
 import time
 from typing import Any
 
+_SECRET_NAMES = r"(?:password|passwd|secret|client_secret|token|access_token|refresh_token)"
 _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"),
     re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-    re.compile(
-        r"(?i)((?:password|passwd|secret|token|access_token|refresh_token)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',;]+"
-    ),
+    # form and query style: token=abc
+    re.compile(rf"(?i)\b({_SECRET_NAMES}=)[^\s&\"',;]+"),
+    # JSON style, also inside an already JSON-encoded string: "token": "abc"
+    re.compile(rf"(?i)({_SECRET_NAMES}\\?[\"']\s*:\s*\\?[\"'])[^\"'\\]+"),
 )
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
@@ -29,7 +31,8 @@ _STANDARD_ATTRS = frozenset(
 def redact(text: str) -> str:
     text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)} [REDACTED]", text)
     text = _SECRET_PATTERNS[1].sub("[REDACTED-JWT]", text)
-    return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
+    text = _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
+    return _SECRET_PATTERNS[3].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,6 +15,7 @@ import httpx
 from vregistry_server.auth import Authenticator, AuthHeaders
 from vregistry_server.config import Config, Registry, Settings, Upstream
 from vregistry_server.errors import (
+    DeadlineExceeded,
     InvalidArgument,
     InvalidPath,
     RegistryHasNoUpstreams,
@@ -83,6 +84,13 @@ class Resolver:
             await self.client.aclose()
         await self.cache.aclose()
 
+    def _budget(self, caller_remaining: float | None) -> Budget:
+        if caller_remaining is not None and caller_remaining <= 0:
+            raise DeadlineExceeded(
+                "the caller's deadline had passed before the request was handled"
+            )
+        return Budget.start(self.config.settings.request_timeout_seconds, caller_remaining)
+
     # ------------------------------------------------------------------ lookups
 
     def upstream(self, upstream_id: str) -> Upstream:
@@ -123,7 +131,7 @@ class Resolver:
         if len(actions) > MAX_ACTIONS:
             raise InvalidArgument(f"at most {MAX_ACTIONS} actions may be requested")
         parsed = _parse(path, parse_path_or_repository)
-        budget = Budget.start(self.config.settings.request_timeout_seconds, caller_remaining)
+        budget = self._budget(caller_remaining)
         try:
             return await self.authenticator.headers_for(upstream, parsed, budget, actions)
         except PathError as exc:  # an action outside pull/push/delete/*
@@ -146,7 +154,7 @@ class Resolver:
                 f"registry {registry.name!r} has no upstreams; add at least one",
                 metadata={"registry_id": registry.id},
             )
-        budget = Budget.start(self.config.settings.request_timeout_seconds, caller_remaining)
+        budget = self._budget(caller_remaining)
         return await self.prober.resolve(registry, parsed, budget)
 
 

@@ -35,6 +35,7 @@ _CODES: dict[Kind, tuple[grpc.StatusCode, int]] = {
     Kind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
     Kind.FAILED_PRECONDITION: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
     Kind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+    Kind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, code_pb2.DEADLINE_EXCEEDED),
 }
 _OUTCOMES = {
     Outcome.FOUND: pb.ATTEMPT_OUTCOME_FOUND,

@@ -1,0 +1,50 @@
+"""The log redaction step: secrets masked, ordinary words left alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from vregistry_server.logs import JsonFormatter, redact
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJlLXZhbHVl"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("Authorization: Bearer abcdef123456", "abcdef123456"),
+        ("Authorization: Basic YWxpY2U6czNjcmV0", "YWxpY2U6czNjcmV0"),
+        (f"got {JWT} back", JWT),
+        ("grant_type=password&username=bob&password=hunter22&x=1", "hunter22"),
+        ("refresh_token=rt-9f8e7d", "rt-9f8e7d"),
+        ('{"access_token": "at-123456", "expires_in": 60}', "at-123456"),
+        (json.dumps({"msg": '{"token": "tk-654321"}'}), "tk-654321"),
+    ],
+)
+def test_secrets_are_masked(text: str, secret: str) -> None:
+    assert secret not in redact(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "registry 'R' (open: not_found (HTTP 404); token: not_found (HTTP 404))",
+        "upstream 'Token' answered HTTP 401",
+        "scope repository:private/app:pull",
+    ],
+)
+def test_ordinary_text_is_kept(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_formatter_redacts_message_and_extra_fields() -> None:
+    record = logging.LogRecord(
+        "t", logging.INFO, __file__, 1, "header Bearer abcdef123456", (), None
+    )
+    record.detail = f"password=hunter22 {JWT}"
+    line = JsonFormatter().format(record)
+    assert "abcdef123456" not in line and "hunter22" not in line and JWT not in line
+    assert json.loads(line)["msg"] == "header Bearer [REDACTED]"
