@@ -56,6 +56,7 @@ class Budget:
     """How long an operation may take: the configured total, cut by the caller's deadline."""
 
     deadline: float  # time.monotonic() value
+    caller_limited: bool = False  # the caller's deadline, not our timeout, sets it
 
     @classmethod
     def start(cls, total_seconds: float, caller_remaining: float | None = None) -> Budget:
@@ -65,7 +66,12 @@ class Budget:
             # "upstream 1 timed out, upstream 2 has it") instead of DEADLINE_EXCEEDED.
             margin = min(DEADLINE_MARGIN_SECONDS, caller_remaining * 0.1)
             seconds = min(total_seconds, caller_remaining - margin)
-        return cls(time.monotonic() + max(seconds, 0.0))
+        limited = caller_remaining is not None and seconds < total_seconds
+        return cls(time.monotonic() + max(seconds, 0.0), limited)
+
+    def ran_out_for_the_caller(self) -> bool:
+        """Did the caller's own deadline end the work (rather than an upstream failing)?"""
+        return self.caller_limited and self.remaining() <= 0.001
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

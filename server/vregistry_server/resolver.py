@@ -18,8 +18,10 @@ from vregistry_server.errors import (
     DeadlineExceeded,
     InvalidArgument,
     InvalidPath,
+    Kind,
     RegistryHasNoUpstreams,
     RegistryNotFound,
+    ResolveFailed,
     ResolverError,
     UpstreamNotFound,
 )
@@ -138,7 +140,7 @@ class Resolver:
             raise InvalidArgument(str(exc)) from None
         except ResolverError as exc:
             exc.metadata.setdefault("upstream_id", upstream.id)
-            raise
+            raise _as_deadline(exc, budget) from None
 
     async def resolve_upstream(
         self, registry_id: str, path: str, *, caller_remaining: float | None = None
@@ -155,7 +157,22 @@ class Resolver:
                 metadata={"registry_id": registry.id},
             )
         budget = self._budget(caller_remaining)
-        return await self.prober.resolve(registry, parsed, budget)
+        try:
+            return await self.prober.resolve(registry, parsed, budget)
+        except ResolverError as exc:
+            raise _as_deadline(exc, budget) from None
+
+
+def _as_deadline(exc: ResolverError, budget: Budget) -> ResolverError:
+    """An upstream that "timed out" because the caller's deadline ran out is the caller's
+    DEADLINE_EXCEEDED, not our UNAVAILABLE; ResolveUpstream keeps its attempts."""
+    if exc.kind is not Kind.UNAVAILABLE or not budget.ran_out_for_the_caller():
+        return exc
+    message = f"the caller's deadline passed before the upstreams answered ({exc.message})"
+    if isinstance(exc, ResolveFailed):
+        exc.kind, exc.reason, exc.message = Kind.DEADLINE_EXCEEDED, DeadlineExceeded.reason, message
+        return exc
+    return DeadlineExceeded(message, metadata=exc.metadata)
 
 
 def _cache_for(settings: Settings) -> TokenCache:

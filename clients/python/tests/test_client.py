@@ -123,7 +123,8 @@ async def test_default_and_per_call_timeout(stack: dict[str, Any]) -> None:
         with pytest.raises(VRegistryError) as info:
             await client.resolve_upstream(case["registry_id"], case["path"])
         assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert info.value.reason == ""
+        # Expired in the client (no details) or refused by the server on arrival.
+        assert info.value.reason in {"", "DEADLINE_EXCEEDED"}
         # A per-call timeout wins over the client's default.
         url = await client.url_for(stack["url_for"]["upstream_id"], "", timeout=20)
         assert url.endswith("/v2/")

@@ -34,7 +34,7 @@ class UpstreamServiceStub:
     "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
     REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
     UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS. A failed ResolveUpstream also carries a
+    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
     ResolveUpstreamFailure detail with every upstream's attempt.
     """
 
@@ -70,7 +70,7 @@ class UpstreamServiceServicer:
     "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
     REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
     UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS. A failed ResolveUpstream also carries a
+    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
     ResolveUpstreamFailure detail with every upstream's attempt.
     """
 
@@ -133,7 +133,7 @@ class UpstreamService:
     "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
     REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
     UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS. A failed ResolveUpstream also carries a
+    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
     ResolveUpstreamFailure detail with every upstream's attempt.
     """
 

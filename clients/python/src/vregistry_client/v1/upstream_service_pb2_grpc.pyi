@@ -35,7 +35,7 @@ class UpstreamServiceStub:
     "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
     REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
     UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS. A failed ResolveUpstream also carries a
+    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
     ResolveUpstreamFailure detail with every upstream's attempt.
     """
 
@@ -66,7 +66,7 @@ class UpstreamServiceAsyncStub(UpstreamServiceStub):
     "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
     REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
     UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS. A failed ResolveUpstream also carries a
+    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
     ResolveUpstreamFailure detail with every upstream's attempt.
     """
 
@@ -93,7 +93,7 @@ class UpstreamServiceServicer(metaclass=_abc_1.ABCMeta):
     "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
     REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
     UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS. A failed ResolveUpstream also carries a
+    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
     ResolveUpstreamFailure detail with every upstream's attempt.
     """
 
