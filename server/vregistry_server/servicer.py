@@ -14,28 +14,25 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-from vregistry_server import metrics
-from vregistry_server.errors import ERROR_DOMAIN, Kind, ResolveFailed, ResolverError
+from vregistry_server import metrics, status
+from vregistry_server.errors import Kind, ResolveFailed, ResolverError
 from vregistry_server.probe import Attempt, Outcome
 from vregistry_server.resolver import Resolver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_CODES: dict[Kind, tuple[grpc.StatusCode, int]] = {
-    Kind.INVALID_ARGUMENT: (grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT),
-    Kind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
-    Kind.FAILED_PRECONDITION: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
-    Kind.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
-    Kind.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, code_pb2.DEADLINE_EXCEEDED),
+_CODES: dict[Kind, grpc.StatusCode] = {
+    Kind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Kind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Kind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Kind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 _OUTCOMES = {
     Outcome.FOUND: pb.ATTEMPT_OUTCOME_FOUND,
@@ -118,7 +115,7 @@ async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[
     try:
         return await work
     except ResolverError as exc:
-        code = _CODES[exc.kind][0].name
+        code = _CODES[exc.kind].name
         log.info(
             "request failed",
             extra={
@@ -136,12 +133,7 @@ async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[
     except Exception:
         code = "INTERNAL"
         log.exception("unexpected error", extra={"method": method})
-        context.set_code(grpc.StatusCode.INTERNAL)
-        await context.abort_with_status(
-            rpc_status.to_status(
-                status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see server logs")
-            )
-        )
+        await status.abort_internal(context)
     finally:
         requests, duration = metrics.rpc_children(method, code)
         requests.inc()
@@ -150,23 +142,12 @@ async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: ResolverError) -> NoReturn:
-    grpc_code, code = _CODES[exc.kind]
-    context.set_code(grpc_code)  # tells interceptors (tracing) the code abort_with_status sends
-    info = error_details_pb2.ErrorInfo(
-        reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
-    )
-    details: list[Message] = [info]
+    details: list[Message] = []
     if isinstance(exc, ResolveFailed):
         details.append(pb.ResolveUpstreamFailure(attempts=_attempts(exc.attempts)))
-    status = status_pb2.Status(code=code, message=exc.message, details=[_pack(d) for d in details])
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")
-
-
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    await status.abort(
+        context, _CODES[exc.kind], exc.message, exc.reason, metadata=exc.metadata, details=details
+    )
 
 
 def _attempts(attempts: Sequence[Attempt]) -> list[pb.UpstreamAttempt]:

@@ -13,13 +13,11 @@ from collections.abc import Awaitable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
+from vregistry_server import status
 from vregistry_server.admin.checks import StepKind, StepOutcome, check_upstream
 from vregistry_server.admin.errors import AdminError, Code
 from vregistry_server.admin.manager import (
@@ -29,7 +27,6 @@ from vregistry_server.admin.manager import (
     build_unsaved_upstream,
 )
 from vregistry_server.admin.records import RegistryRecord, UpstreamRecord, upstream_name
-from vregistry_server.errors import ERROR_DOMAIN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,12 +34,12 @@ T = TypeVar("T")
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ConfigService"].full_name
 
 _CODES = {
-    Code.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
-    Code.NOT_FOUND: code_pb2.NOT_FOUND,
-    Code.ALREADY_EXISTS: code_pb2.ALREADY_EXISTS,
-    Code.ABORTED: code_pb2.ABORTED,
-    Code.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
-    Code.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Code.ABORTED: grpc.StatusCode.ABORTED,
+    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
 _FLOW_TO_PB = {
     "auto": cpb.TOKEN_FLOW_AUTO,
@@ -324,18 +321,9 @@ async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[
         await _abort(context, exc)
     except Exception:
         log.exception("unexpected error", extra={"method": method})
-        await context.abort_with_status(
-            rpc_status.to_status(
-                status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see server logs")
-            )
-        )
+        await status.abort_internal(context)
     raise AssertionError("abort_with_status returned")
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: AdminError) -> NoReturn:
-    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    status = status_pb2.Status(code=_CODES[exc.code], message=exc.message, details=[packed])
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")
+    await status.abort(context, _CODES[exc.code], exc.message, exc.reason)
