@@ -186,7 +186,8 @@ class Prober:
         upstream = member.upstream
         url = upstream.url_for(path.api_path)
         auth = await self._auth.headers_for(upstream, path, budget)
-        response = await self._check_with_retries(url, path, auth, budget)
+        headers = _fetch_headers(path, auth)
+        response = await self._check_with_retries(url, headers, budget)
         if response.status == 401:
             # The token was revoked or expired early, or this resource asks for
             # another challenge than /v2/ did: re-authenticate once and retry.
@@ -196,19 +197,20 @@ class Prober:
                 auth = await self._auth.headers_for(
                     upstream, path, budget, discovery=discovery, bypass_cache=True
                 )
-                response = await self._check_with_retries(url, path, auth, budget)
+                headers = _fetch_headers(path, auth)
+                response = await self._check_with_retries(url, headers, budget)
         attempt.http_status = response.status
-        return _classify(member, path, url, auth, response, attempt)
+        return _classify(member, path, url, headers, response, attempt)
 
     async def _check_with_retries(
-        self, url: str, path: RegistryPath, auth: AuthHeaders, budget: Budget
+        self, url: str, headers: dict[str, str], budget: Budget
     ) -> Response:
         """Retry transient failures (connection errors, 408, 5xx, a short 429) within the budget."""
         retries = self._settings.probe_retries
         for retry in range(retries + 1):
             final = retry == retries
             try:
-                response = await self._check(url, path, auth, budget)
+                response = await self._check(url, headers, budget)
             except UpstreamUnreachable:
                 if final or not await _sleep_within(self._backoff(retry), budget):
                     raise
@@ -233,10 +235,7 @@ class Prober:
             return self._backoff(retry)
         return None
 
-    async def _check(
-        self, url: str, path: RegistryPath, auth: AuthHeaders, budget: Budget
-    ) -> Response:
-        headers = _fetch_headers(path, auth)
+    async def _check(self, url: str, headers: dict[str, str], budget: Budget) -> Response:
         # Redirects are not followed: a blob's redirect to storage already says "found",
         # and following it would carry Authorization to the storage host.
         response = await send(
@@ -274,7 +273,7 @@ def _classify(
     member: RegistryUpstream,
     path: RegistryPath,
     url: str,
-    auth: AuthHeaders,
+    headers: dict[str, str],
     response: Response,
     attempt: Attempt,
 ) -> Hit | None:
@@ -285,7 +284,7 @@ def _classify(
         return Hit(
             member=member,
             url=url,
-            headers=_fetch_headers(path, auth),
+            headers=headers,
             digest=_digest(path, response),
             media_type=response.headers.get("content-type", "") if status == 200 else "",
             size=_size(response) if status == 200 else -1,
