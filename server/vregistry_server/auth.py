@@ -55,10 +55,6 @@ class Authenticator:
         # Per upstream, the cache keys this process stored tokens under (oldest first).
         self._token_keys: dict[str, dict[str, None]] = {}
 
-    @property
-    def cache(self) -> TokenCache:
-        return self._cache
-
     # ------------------------------------------------------------------ discovery
 
     async def discover(self, upstream: Upstream, budget: Budget) -> AuthDiscovery:

@@ -19,9 +19,6 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._inflight: dict[str, asyncio.Task[T]] = {}
 
-    def __len__(self) -> int:
-        return len(self._inflight)
-
     async def run(self, key: str, call: Callable[[], Awaitable[T]]) -> T:
         task = self._inflight.get(key)
         if task is None:

@@ -146,10 +146,6 @@ class RedisTokenCache:
         self.near_cache_seconds = near_cache_seconds
         self._near = MemoryTokenCache(near_cache_entries) if near_cache_seconds > 0 else None
 
-    @property
-    def client(self) -> aioredis.Redis:
-        return self._redis
-
     def _skip_redis(self) -> bool:
         return self.degraded and time.monotonic() < self._retry_at
 
@@ -209,12 +205,6 @@ class RedisTokenCache:
             await self._redis.delete(key)
         except (RedisError, OSError) as exc:
             self._mark_degraded(exc)
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
 
     async def aclose(self) -> None:
         await self._redis.aclose()
