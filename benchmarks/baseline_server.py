@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-from vregistry_server.workers import reserve_port, run_workers
+from vregistry_server.runtime.workers import reserve_port, run_workers
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 

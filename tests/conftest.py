@@ -36,8 +36,8 @@ from tests.support.proxy import HasUrl, Proxy, ProxyFactory, start_proxy  # noqa
 from tests.support.registry import RegistryServer, start_registry  # noqa: E402
 from tests.support.service import Service, start_service  # noqa: E402
 from tests.support.token_server import TokenServer, start_token_server  # noqa: E402
-from vregistry_server.config import Config  # noqa: E402
-from vregistry_server.token_cache import TokenCache  # noqa: E402
+from vregistry_server.model import Config  # noqa: E402
+from vregistry_server.oci.token_cache import TokenCache  # noqa: E402
 
 BASIC_USER = "alice"
 BASIC_PASSWORD = "s3cret-basic-pw"

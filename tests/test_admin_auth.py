@@ -20,7 +20,7 @@ from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
 from vregistry_server.admin.callers import Callers, CallersError, hash_token
-from vregistry_server.admin.tls import server_credentials
+from vregistry_server.runtime.tls import server_credentials
 
 RESOLVER_TOKEN = "resolver-token-Zq81xT0bQ"
 ADMIN_TOKEN = "admin-token-Lm27vY4kP"
@@ -232,7 +232,7 @@ async def test_mtls_with_tokens_together(pki: Pki, tmp_path: Path) -> None:
 
 
 async def test_container_healthcheck_over_mtls(pki: Pki) -> None:
-    from vregistry_server import healthcheck
+    from vregistry_server.runtime import healthcheck
 
     service = await _start_tls(pki, mutual=True)
     try:

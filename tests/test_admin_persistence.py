@@ -28,8 +28,8 @@ from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
 from vregistry_server.admin.crypto import DecryptError, Keyring
-from vregistry_server.admin.redis_store import PREFIX
-from vregistry_server.admin.sqlite_store import DB_FILE, SCHEMA_VERSION
+from vregistry_server.admin.stores.redis import PREFIX
+from vregistry_server.admin.stores.sqlite import DB_FILE, SCHEMA_VERSION
 
 SECRET = "at-rest-pw-never-plain-5813"
 SECRET_USER = "at-rest-user-7710"

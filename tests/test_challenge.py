@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vregistry_server.challenge import (
+from vregistry_server.oci.challenge import (
     MAX_HEADER_LENGTH,
     Challenge,
     ChallengeParseError,

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from vregistry_server.config import ConfigError, Credentials, build_config, load_config
+from vregistry_server.config import ConfigError, build_config, load_config
+from vregistry_server.model import Credentials
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "config.yaml"
 

@@ -72,7 +72,7 @@ async def test_pool_survives_cancellations_under_contention(
     import httpx
 
     from tests.support.service import start_service
-    from vregistry_server.http import guarded_transport
+    from vregistry_server.oci.http import guarded_transport
     from vregistry_server.resolver import Resolver
 
     # A small pool makes callers queue for connections, where httpcore 1.0 loses a

@@ -14,8 +14,8 @@ from tests.support.proxy import ProxyFactory
 from tests.support.registry import RegistryServer
 from tests.support.service import Service, make_config, upstream_entry
 from vregistry.v1 import upstream_service_pb2 as pb
-from vregistry_server import metrics
-from vregistry_server.circuit import CircuitBreaker, State
+from vregistry_server.oci.circuit import CircuitBreaker, State
+from vregistry_server.runtime import metrics
 
 StartService = Callable[..., Awaitable[Service]]
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from vregistry_server.logs import JsonFormatter, redact
+from vregistry_server.runtime.logs import JsonFormatter, redact
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJlLXZhbHVl"
 

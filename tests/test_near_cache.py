@@ -12,7 +12,7 @@ from tests.support.processes import RedisServer
 from tests.support.registry import RegistryServer
 from tests.support.service import Service, make_config, upstream_entry
 from tests.support.token_server import TokenServer
-from vregistry_server.token_cache import CachedToken, RedisTokenCache
+from vregistry_server.oci.token_cache import CachedToken, RedisTokenCache
 
 StartService = Callable[..., Awaitable[Service]]
 TOKEN = CachedToken("near-token-value", 2_000_000_000.0)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from vregistry_server.paths import (
+from vregistry_server.oci.paths import (
     MAX_NAME_LENGTH,
     MAX_PATH_LENGTH,
     Endpoint,
@@ -398,7 +398,7 @@ def test_adversarial_input_is_fast(value: str) -> None:
 
 def test_name_scanner_is_linear_beyond_the_length_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     # The public parsers cut long input off early; the name scanner must not depend on that.
-    from vregistry_server import paths
+    from vregistry_server.oci import paths
 
     monkeypatch.setattr(paths, "MAX_NAME_LENGTH", 10**6)
     started = time.perf_counter()

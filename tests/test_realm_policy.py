@@ -13,12 +13,12 @@ from tests.support.registry import RegistryServer
 from tests.support.scripted import Reply, start_scripted
 from tests.support.service import Service, error_details, make_config, upstream_entry
 from tests.support.token_server import TokenServer
-from vregistry_server.challenge import parse_challenges
-from vregistry_server.config import Upstream
 from vregistry_server.errors import UpstreamProtocolError
-from vregistry_server.http import make_client
-from vregistry_server.ping import discovery_from_challenges
-from vregistry_server.realm_policy import (
+from vregistry_server.model import Upstream
+from vregistry_server.oci.challenge import parse_challenges
+from vregistry_server.oci.http import make_client
+from vregistry_server.oci.ping import discovery_from_challenges
+from vregistry_server.oci.realm_policy import (
     EGRESS_REFUSED,
     AddressClass,
     AddressGuard,
@@ -238,7 +238,7 @@ async def test_allow_listed_realm_host_is_used(
 
 
 def test_redirect_rules() -> None:
-    from vregistry_server.http import _check_redirect
+    from vregistry_server.oci.http import _check_redirect
 
     with pytest.raises(UpstreamProtocolError, match="downgrades https to http"):
         _check_redirect(

@@ -15,7 +15,7 @@ from tests.support.registry import RegistryServer
 from tests.support.service import Service, error_details, http, make_config, upstream_entry
 from tests.support.token_server import TokenServer
 from vregistry.v1 import upstream_service_pb2 as pb
-from vregistry_server.probe import MANIFEST_MEDIA_TYPES
+from vregistry_server.oci.probe import MANIFEST_MEDIA_TYPES
 
 StartService = Callable[..., Awaitable[Service]]
 Outcome = pb.AttemptOutcome
@@ -253,13 +253,13 @@ async def test_rejected_cached_token_triggers_one_reauthentication(
     # Replace the cached token with one the registry rejects (as after a key rotation or revocation).
     resolver = service.resolver
     upstream = resolver.config.upstreams["token"]
-    from vregistry_server.paths import parse_path_or_repository
+    from vregistry_server.oci.paths import parse_path_or_repository
 
     budget_headers = await resolver.authenticator.headers_for(
         upstream, parse_path_or_repository("private/app"), _budget()
     )
     assert budget_headers.token_key is not None
-    from vregistry_server.token_cache import CachedToken
+    from vregistry_server.oci.token_cache import CachedToken
 
     await resolver.cache.set(
         budget_headers.token_key, CachedToken("revoked.token.value", time.time() + 300), 300
@@ -362,6 +362,6 @@ async def test_concurrent_resolutions_agree(
 
 
 def _budget():  # type: ignore[no-untyped-def]
-    from vregistry_server.http import Budget
+    from vregistry_server.oci.http import Budget
 
     return Budget.start(5)

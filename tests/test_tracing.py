@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.support.server_process import launch
 from tests.support.service import make_config, start_service, upstream_entry
 from vregistry.v1 import upstream_service_pb2 as pb
-from vregistry_server.tracing import enable_tracing
+from vregistry_server.runtime.tracing import enable_tracing
 
 
 async def test_rpcs_become_spans_when_tracing_is_enabled() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vregistry_server.probe import Attempt
+    from vregistry_server.model import Attempt
 
 ERROR_DOMAIN = "vregistry.dev"
 

@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from vregistry_server.auth import Authenticator, AuthHeaders
-from vregistry_server.config import Config, Registry, Settings, Upstream
 from vregistry_server.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -25,10 +23,12 @@ from vregistry_server.errors import (
     ResolverError,
     UpstreamNotFound,
 )
-from vregistry_server.http import Budget, make_client
-from vregistry_server.paths import PathError, RegistryPath, parse_path, parse_path_or_repository
-from vregistry_server.probe import Prober, Resolution
-from vregistry_server.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
+from vregistry_server.model import AuthHeaders, Config, Registry, Resolution, Settings, Upstream
+from vregistry_server.oci.auth import Authenticator
+from vregistry_server.oci.http import Budget, make_client
+from vregistry_server.oci.paths import PathError, RegistryPath, parse_path, parse_path_or_repository
+from vregistry_server.oci.probe import Prober
+from vregistry_server.oci.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
 
 MAX_ID_LENGTH = 256
 MAX_ACTIONS = 8

@@ -16,10 +16,11 @@ from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
 from vregistry_server.admin.callers import Callers
 from vregistry_server.admin.crypto import Keyring, generate_key_line
-from vregistry_server.admin.setup import AdminOptions, start_admin
-from vregistry_server.config import Config, build_config
-from vregistry_server.main import RunningServer, start_server
+from vregistry_server.config import build_config
+from vregistry_server.model import Config
 from vregistry_server.resolver import Resolver
+from vregistry_server.runtime.admin_setup import AdminOptions, start_admin
+from vregistry_server.runtime.main import RunningServer, start_server
 
 
 def empty_config(**settings: Any) -> Config:
@@ -145,7 +146,7 @@ class CapturedLogs(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        from vregistry_server.logs import JsonFormatter
+        from vregistry_server.runtime.logs import JsonFormatter
 
         self.setFormatter(JsonFormatter())
         self.lines: list[str] = []

@@ -12,10 +12,11 @@ from google.rpc import error_details_pb2, status_pb2
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-from vregistry_server.config import Config, build_config
-from vregistry_server.main import RunningServer, start_server
+from vregistry_server.config import build_config
+from vregistry_server.model import Config
+from vregistry_server.oci.token_cache import TokenCache
 from vregistry_server.resolver import Resolver
-from vregistry_server.token_cache import TokenCache
+from vregistry_server.runtime.main import RunningServer, start_server
 
 
 def upstream_entry(

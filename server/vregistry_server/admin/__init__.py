@@ -1,9 +1,8 @@
-"""The admin side: upstreams and registries managed at runtime (ConfigService).
+"""The admin domain: upstreams and registries managed at runtime (ConfigService).
 
-One module per concern: ``records`` (the stored resources and their rules),
-``crypto`` (AES-GCM keyring for credentials at rest), ``store`` and
-``sqlite_store`` / ``redis_store`` (persistence and change notification),
+``records`` (the stored resources: the model plus group, version and times),
 ``manager`` (validated changes, live reload into the resolver), ``checks``
-(TestUpstream), ``servicer`` (the gRPC face), ``callers`` (bearer tokens and
-roles), ``tls`` (server credentials) and ``setup`` (flags and wiring).
+(TestUpstream), ``crypto`` (AES-GCM keyring for credentials at rest),
+``callers`` (caller tokens and roles; ``python -m vregistry_server.admin.callers``)
+and ``stores/`` (memory, SQLite, Redis). The gRPC face is rpc/config_servicer.py.
 """

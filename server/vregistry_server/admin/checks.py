@@ -13,12 +13,10 @@ import time
 from dataclasses import dataclass, field
 
 from vregistry_server.admin.errors import Invalid
-from vregistry_server.config import RegistryUpstream, Upstream
 from vregistry_server.errors import ResolverError
-from vregistry_server.http import Budget
-from vregistry_server.paths import PathError, parse_path
-from vregistry_server.ping import Scheme
-from vregistry_server.probe import Outcome
+from vregistry_server.model import Outcome, RegistryUpstream, Scheme, Upstream
+from vregistry_server.oci.http import Budget
+from vregistry_server.oci.paths import PathError, parse_path
 from vregistry_server.resolver import Resolver
 
 DEFAULT_TEST_PATH = "library/alpine/manifests/latest"

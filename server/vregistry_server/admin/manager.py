@@ -43,8 +43,8 @@ from vregistry_server.admin.records import (
     validate_registry,
     validate_upstream,
 )
-from vregistry_server.admin.store import Changes, Store
-from vregistry_server.config import Config, Credentials, Settings
+from vregistry_server.admin.stores.base import Changes, Store
+from vregistry_server.model import Config, Credentials, Settings
 from vregistry_server.resolver import Resolver
 
 log = logging.getLogger(__name__)

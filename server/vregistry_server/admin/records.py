@@ -17,7 +17,8 @@ from typing import Any, cast, get_args
 
 from vregistry_server.admin.crypto import Keyring
 from vregistry_server.admin.errors import Invalid
-from vregistry_server.config import (
+from vregistry_server.config import normalize_upstream_url
+from vregistry_server.model import (
     MAX_CACHE_VALIDITY_HOURS,
     Config,
     Credentials,
@@ -26,7 +27,6 @@ from vregistry_server.config import (
     Settings,
     TokenFlow,
     Upstream,
-    normalize_upstream_url,
 )
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")

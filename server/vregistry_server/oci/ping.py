@@ -6,27 +6,20 @@ registry itself advertises; nothing about any registry is hard-coded.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import httpx
 
-from vregistry_server.challenge import (
+from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
+from vregistry_server.model import Scheme, Upstream
+from vregistry_server.oci.challenge import (
     Challenge,
     ChallengeParseError,
     parse_challenges,
     preferred_challenge,
 )
-from vregistry_server.config import Upstream
-from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
-from vregistry_server.http import Budget, Response, send
-from vregistry_server.realm_policy import check_realm_host
-
-
-class Scheme(enum.Enum):
-    NONE = "none"
-    BASIC = "basic"
-    BEARER = "bearer"
+from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.realm_policy import check_realm_host
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,14 +32,15 @@ from grpc_reflection.v1alpha import reflection
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-from vregistry_server.admin import setup as admin_setup
-from vregistry_server.config import Config, ConfigError, build_config, load_config
-from vregistry_server.logs import configure_logging
-from vregistry_server.metrics import serve_metrics
+from vregistry_server.config import ConfigError, build_config, load_config
+from vregistry_server.model import Config
 from vregistry_server.resolver import Resolver
-from vregistry_server.servicer import UpstreamServicer
-from vregistry_server.tracing import TracingUnavailable, enable_tracing
-from vregistry_server.workers import reserve_port, run_workers, split_listen
+from vregistry_server.rpc.upstream_servicer import UpstreamServicer
+from vregistry_server.runtime import admin_setup
+from vregistry_server.runtime.logs import configure_logging
+from vregistry_server.runtime.metrics import serve_metrics
+from vregistry_server.runtime.tracing import TracingUnavailable, enable_tracing
+from vregistry_server.runtime.workers import reserve_port, run_workers, split_listen
 
 log = logging.getLogger("vregistry_server")
 

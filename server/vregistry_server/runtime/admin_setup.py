@@ -22,13 +22,13 @@ import grpc
 from vregistry_server.admin.callers import CallerAuthInterceptor, Callers, CallersError
 from vregistry_server.admin.crypto import Keyring, KeyringError, generate_key_line
 from vregistry_server.admin.manager import ConfigManager
-from vregistry_server.admin.redis_store import RedisStore
-from vregistry_server.admin.servicer import SERVICE_NAME as CONFIG_SERVICE_NAME
-from vregistry_server.admin.servicer import ConfigServicer
-from vregistry_server.admin.sqlite_store import SqliteStore
-from vregistry_server.admin.store import MemoryStore, Store
-from vregistry_server.admin.tls import TlsError, server_credentials
-from vregistry_server.config import Config
+from vregistry_server.admin.stores.base import MemoryStore, Store
+from vregistry_server.admin.stores.redis import RedisStore
+from vregistry_server.admin.stores.sqlite import SqliteStore
+from vregistry_server.model import Config
+from vregistry_server.rpc.config_servicer import SERVICE_NAME as CONFIG_SERVICE_NAME
+from vregistry_server.rpc.config_servicer import ConfigServicer
+from vregistry_server.runtime.tls import TlsError, server_credentials
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-from vregistry_server import metrics, status
 from vregistry_server.errors import Kind, ResolveFailed, ResolverError
-from vregistry_server.probe import Attempt, Outcome
+from vregistry_server.model import Attempt, Outcome
 from vregistry_server.resolver import Resolver
+from vregistry_server.rpc import status
+from vregistry_server.runtime import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,18 +20,18 @@ from typing import Any, Literal
 
 import httpx
 
-from vregistry_server import metrics
-from vregistry_server.basic import basic_authorization
-from vregistry_server.config import Credentials, Upstream
 from vregistry_server.errors import (
     CredentialsRejected,
     ResolverError,
     UpstreamProtocolError,
     UpstreamUnreachable,
 )
-from vregistry_server.http import Budget, Response, send
-from vregistry_server.ping import AuthDiscovery
-from vregistry_server.realm_policy import AddressGuard, lift_restriction, restrict_connections
+from vregistry_server.model import Credentials, Upstream
+from vregistry_server.oci.basic import basic_authorization
+from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.ping import AuthDiscovery
+from vregistry_server.oci.realm_policy import AddressGuard, lift_restriction, restrict_connections
+from vregistry_server.runtime import metrics
 
 # The Docker token spec: expires_in defaults to 60 s and should never be less.
 MIN_TOKEN_LIFETIME_SECONDS = 60.0

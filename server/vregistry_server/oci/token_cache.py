@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.exceptions import RedisError
 
-from vregistry_server import metrics
+from vregistry_server.runtime import metrics
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
-from vregistry_server import status
 from vregistry_server.admin.checks import StepKind, StepOutcome, check_upstream
 from vregistry_server.admin.errors import AdminError, Code
 from vregistry_server.admin.manager import (
@@ -27,6 +26,7 @@ from vregistry_server.admin.manager import (
     build_unsaved_upstream,
 )
 from vregistry_server.admin.records import RegistryRecord, UpstreamRecord, upstream_name
+from vregistry_server.rpc import status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

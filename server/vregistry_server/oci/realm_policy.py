@@ -32,9 +32,9 @@ import httpcore
 import httpx
 from publicsuffixlist import PublicSuffixList
 
-from vregistry_server import metrics
-from vregistry_server.config import Upstream
 from vregistry_server.errors import CredentialsRejected
+from vregistry_server.model import Upstream
+from vregistry_server.runtime import metrics
 
 _PSL = PublicSuffixList()
 EGRESS_REFUSED = "egress refused"

@@ -10,20 +10,14 @@ result of position N is only accepted once positions 1..N-1 have answered.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 import httpx
 
-from vregistry_server import metrics
-from vregistry_server.auth import Authenticator, AuthHeaders
-from vregistry_server.circuit import CircuitBreaker
-from vregistry_server.config import Registry, RegistryUpstream, Settings
 from vregistry_server.errors import (
     CredentialsRejected,
     Kind,
@@ -31,9 +25,22 @@ from vregistry_server.errors import (
     ResolverError,
     UpstreamUnreachable,
 )
-from vregistry_server.http import Budget, Response, send
-from vregistry_server.paths import Endpoint, RegistryPath
-from vregistry_server.ping import discovery_from_response
+from vregistry_server.model import (
+    Attempt,
+    AuthHeaders,
+    Hit,
+    Outcome,
+    Registry,
+    RegistryUpstream,
+    Resolution,
+    Settings,
+)
+from vregistry_server.oci.auth import Authenticator
+from vregistry_server.oci.circuit import CircuitBreaker
+from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.paths import Endpoint, RegistryPath
+from vregistry_server.oci.ping import discovery_from_response
+from vregistry_server.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,42 +56,6 @@ MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 _STORAGE_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 24 * 3600
-
-
-class Outcome(enum.Enum):
-    FOUND = "found"
-    NOT_FOUND = "not_found"
-    AUTH_FAILED = "auth_failed"
-    UNAVAILABLE = "unavailable"
-    NOT_CHECKED = "not_checked"
-    RATE_LIMITED = "rate_limited"
-
-
-@dataclass(slots=True)
-class Attempt:
-    upstream_id: str
-    position: int
-    outcome: Outcome
-    http_status: int = 0
-    latency_ms: float = 0.0
-    message: str = ""
-    retry_after_seconds: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    member: RegistryUpstream
-    url: str
-    headers: dict[str, str] = field(repr=False)
-    digest: str
-    media_type: str
-    size: int  # -1 when the upstream sent no Content-Length
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    hit: Hit
-    attempts: list[Attempt]
 
 
 class Prober:

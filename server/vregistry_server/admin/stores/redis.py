@@ -35,7 +35,7 @@ from vregistry_server.admin.records import (
     upstream_from_doc,
     upstream_to_doc,
 )
-from vregistry_server.admin.store import Changes
+from vregistry_server.admin.stores.base import Changes
 
 log = logging.getLogger(__name__)
 

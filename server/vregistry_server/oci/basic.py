@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from vregistry_server.config import Credentials
+from vregistry_server.model import Credentials
 
 
 def basic_authorization(credentials: Credentials) -> str:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vregistry_server import metrics
+from vregistry_server.runtime import metrics
 
 
 class State(enum.IntEnum):

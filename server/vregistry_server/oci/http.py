@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
-from vregistry_server.realm_policy import EGRESS_REFUSED, GuardedNetworkBackend, RealmRefused
+from vregistry_server.oci.realm_policy import EGRESS_REFUSED, GuardedNetworkBackend, RealmRefused
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 3

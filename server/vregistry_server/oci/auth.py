@@ -11,36 +11,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpx
 
-from vregistry_server import metrics
-from vregistry_server.basic import basic_authorization
-from vregistry_server.config import Settings, Upstream
 from vregistry_server.errors import CredentialsRejected, ResolverError, UpstreamUnreachable
-from vregistry_server.http import Budget
-from vregistry_server.paths import RegistryPath, pull_scope
-from vregistry_server.ping import AuthDiscovery, Scheme, ping
-from vregistry_server.singleflight import SingleFlight
-from vregistry_server.token_cache import CachedToken, TokenCache, cache_key
-from vregistry_server.token_exchange import TokenExchanger
+from vregistry_server.model import AuthHeaders, Scheme, Settings, Upstream
+from vregistry_server.oci.basic import basic_authorization
+from vregistry_server.oci.http import Budget
+from vregistry_server.oci.paths import RegistryPath, pull_scope
+from vregistry_server.oci.ping import AuthDiscovery, ping
+from vregistry_server.oci.singleflight import SingleFlight
+from vregistry_server.oci.token_cache import CachedToken, TokenCache, cache_key
+from vregistry_server.oci.token_exchange import TokenExchanger
+from vregistry_server.runtime import metrics
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS_FINGERPRINT = "anonymous"
 MAX_TRACKED_KEYS_PER_UPSTREAM = 1024
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class AuthHeaders:
-    headers: dict[str, str] = field(repr=False)
-    scheme: Scheme
-    expires_at: float | None = None  # unix time; None when the headers do not expire
-    cache_hit: bool = False
-    token_key: str | None = None  # the cache key of the token, to drop it when rejected
 
 
 class Authenticator:

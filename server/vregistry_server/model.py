@@ -1,0 +1,179 @@
+"""The model: what an upstream, a registry and the service's settings are, and what
+the three questions answer. Plain frozen dataclasses, one definition each.
+
+Everything else is derived from these: the YAML loader (config.py) and the admin
+records build them, the stores serialise them field by field, and the gRPC faces
+map them to messages; tests/unit/test_model_drift.py fails when a field here is
+missing from any of those. This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_MAX_UPSTREAMS_PER_REGISTRY = 20
+DEFAULT_MAX_REGISTRIES_PER_GROUP = 20
+MAX_CACHE_VALIDITY_HOURS = 24 * 365
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A username and password; the repr never shows the password.
+
+    The fingerprint is computed once, when the credentials are built (at config
+    load or by the admin API), so no request ever pays for the slow hash.
+    """
+
+    username: str
+    password: str = field(repr=False)
+    fingerprint: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "fingerprint", credential_fingerprint(self.username, self.password)
+        )
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password='***')"
+
+
+@functools.lru_cache(maxsize=1024)
+def credential_fingerprint(username: str, password: str) -> str:
+    """A slow, salted hash of the credentials, for cache keys.
+
+    Cache keys live in Redis where other tools can read them; a plain hash of a
+    short password is cheap to reverse, a PBKDF2 one is not. It is the same on
+    every replica, so they share tokens; memoised, so a configuration reload
+    does not pay for it again.
+    """
+    salt = b"vregistry-credential-fingerprint-v1:" + username.encode()
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000).hex()[:32]
+
+
+TokenFlow = Literal["auto", "get", "oauth2"]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    id: str
+    name: str
+    url: str
+    credentials: Credentials | None = None
+    description: str = ""
+    cache_validity_hours: int = 24
+    allow_http: bool = False
+    token_flow: TokenFlow = "auto"
+    client_id: str = "vregistry"
+    # Token realm hosts trusted beyond the upstream's own registrable domain ("*.example.com" allowed).
+    realm_allow_hosts: tuple[str, ...] = ()
+
+    def url_for(self, api_path: str) -> str:
+        return f"{self.url}/v2/{api_path}"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryUpstream:
+    upstream: Upstream
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    id: str
+    name: str
+    description: str
+    upstreams: tuple[RegistryUpstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    redis_url: str | None = None
+    token_cache_max_ttl_seconds: float = 180.0
+    token_near_cache_seconds: float = 5.0
+    token_expiry_margin_seconds: float = 10.0
+    connect_timeout_seconds: float = 3.0
+    request_timeout_seconds: float = 10.0
+    probe_concurrency: int = 3
+    probe_timeout_seconds: float = 5.0
+    probe_retries: int = 2
+    retry_backoff_seconds: float = 0.1
+    max_retry_after_wait_seconds: float = 1.0
+    circuit_failure_threshold: int = 5
+    circuit_reset_seconds: float = 30.0
+    max_upstreams_per_registry: int = DEFAULT_MAX_UPSTREAMS_PER_REGISTRY
+    max_registries_per_group: int = DEFAULT_MAX_REGISTRIES_PER_GROUP  # admin API (ConfigService)
+    challenge_cache_seconds: float = 3600.0
+    shutdown_grace_seconds: float = 10.0
+    # AES-256-GCM key for token values in Redis (None: stored as they are).
+    token_cache_key: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    upstreams: Mapping[str, Upstream]
+    registries: Mapping[str, Registry]
+    settings: Settings = field(default_factory=Settings)
+    source: str = "<memory>"
+
+
+# --------------------------------------------------------------------------- answers
+
+
+class Scheme(enum.Enum):
+    NONE = "none"
+    BASIC = "basic"
+    BEARER = "bearer"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthHeaders:
+    headers: dict[str, str] = field(repr=False)
+    scheme: Scheme
+    expires_at: float | None = None  # unix time; None when the headers do not expire
+    cache_hit: bool = False
+    token_key: str | None = None  # the cache key of the token, to drop it when rejected
+
+
+class Outcome(enum.Enum):
+    FOUND = "found"
+    NOT_FOUND = "not_found"
+    AUTH_FAILED = "auth_failed"
+    UNAVAILABLE = "unavailable"
+    NOT_CHECKED = "not_checked"
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass(slots=True)
+class Attempt:
+    upstream_id: str
+    position: int
+    outcome: Outcome
+    http_status: int = 0
+    latency_ms: float = 0.0
+    message: str = ""
+    retry_after_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    member: RegistryUpstream
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    digest: str
+    media_type: str
+    size: int  # -1 when the upstream sent no Content-Length
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    hit: Hit
+    attempts: list[Attempt]
