@@ -1,36 +1,76 @@
-"""Domain errors of the resolver, each with the reason callers match on.
+"""Every failure a caller can see, in one tree; each class carries its gRPC code and reason.
 
-The gRPC servicer maps these to status codes and a google.rpc.ErrorInfo; the
-registry logic raises them without knowing about gRPC. Messages are written for
-the person reading them and never contain a credential or a token.
+The resolver, the registry protocol layer and the admin domain raise these
+without knowing about gRPC; rpc/boundary.py turns any of them into a
+google.rpc.Status whose code is ``code.name`` and whose ErrorInfo (domain
+"vregistry.dev") carries ``reason``, a value name of the contract's
+``vregistry.v1.ErrorReason`` enum (tests/unit/test_reason_drift.py keeps the two
+in step). Messages are written for the person reading them and never contain a
+credential or a token.
+
+    VRegistryError
+    ├── InvalidArgument ............... INVALID_ARGUMENT   INVALID_ARGUMENT
+    │   └── InvalidPath ............... INVALID_ARGUMENT   INVALID_PATH
+    ├── NotFound ...................... NOT_FOUND          NOT_FOUND
+    │   ├── UpstreamNotFound .......... NOT_FOUND          UPSTREAM_NOT_FOUND
+    │   ├── RegistryNotFound .......... NOT_FOUND          REGISTRY_NOT_FOUND
+    │   ├── UpstreamNotInRegistry ..... NOT_FOUND          UPSTREAM_NOT_IN_REGISTRY
+    │   └── NotFoundOnUpstreams* ...... NOT_FOUND          NOT_FOUND_ON_UPSTREAMS
+    ├── AlreadyExists ................. ALREADY_EXISTS     ALREADY_EXISTS
+    │   └── DuplicateUpstream ......... ALREADY_EXISTS     DUPLICATE_UPSTREAM
+    ├── EtagMismatch .................. ABORTED            ETAG_MISMATCH
+    ├── FailedPrecondition ............ FAILED_PRECONDITION FAILED_PRECONDITION
+    │   ├── RegistryHasNoUpstreams .... FAILED_PRECONDITION REGISTRY_HAS_NO_UPSTREAMS
+    │   ├── UpstreamInUse ............. FAILED_PRECONDITION UPSTREAM_IN_USE
+    │   ├── LimitReached .............. FAILED_PRECONDITION LIMIT_REACHED
+    │   └── CredentialsRejected ....... FAILED_PRECONDITION UPSTREAM_CREDENTIALS_REJECTED
+    │       ├── RealmRefused .......... FAILED_PRECONDITION UPSTREAM_REALM_REFUSED
+    │       └── UpstreamsRefusedCredentials* (same code and reason)
+    ├── Unavailable ................... UNAVAILABLE        (abstract: a retry may succeed)
+    │   ├── UpstreamUnreachable ....... UNAVAILABLE        UPSTREAM_UNREACHABLE
+    │   │   ├── UpstreamRateLimited ... UNAVAILABLE        UPSTREAM_RATE_LIMITED (+ RetryInfo)
+    │   │   └── UpstreamsUnavailable* . (same code and reason as its parent)
+    │   ├── UpstreamProtocolError ..... UNAVAILABLE        UPSTREAM_PROTOCOL_ERROR
+    │   └── StoreUnavailable .......... UNAVAILABLE        STORE_UNAVAILABLE
+    ├── DeadlineExceeded .............. DEADLINE_EXCEEDED  DEADLINE_EXCEEDED
+    │   └── ResolveDeadlineExceeded* .. (same)
+    └── Internal ...................... INTERNAL           INTERNAL
+
+``*`` ResolveUpstream failures: they also inherit ``ResolveFailed`` and carry
+every upstream's attempt, sent as a vregistry.v1.ResolveUpstreamFailure detail.
+Caller authentication (UNAUTHENTICATED, PERMISSION_DENIED) is refused by the
+interceptor in rpc/interceptors.py before any of this code runs.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from vregistry_server.model import Attempt
+from vregistry_server.model import Attempt
 
 ERROR_DOMAIN = "vregistry.dev"
 
 
-class Kind(enum.Enum):
-    """The class of failure; the servicer maps each to one gRPC status code."""
+class Code(enum.Enum):
+    """The gRPC status codes this service answers with (names as in grpc.StatusCode)."""
 
-    INVALID_ARGUMENT = "invalid_argument"
-    NOT_FOUND = "not_found"
-    FAILED_PRECONDITION = "failed_precondition"
-    UNAVAILABLE = "unavailable"
-    DEADLINE_EXCEEDED = "deadline_exceeded"
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
-class ResolverError(Exception):
-    """Base of every error the resolver reports to a caller."""
+class VRegistryError(Exception):
+    """Base of every error reported to a caller: a message, a code, a reason, metadata."""
 
-    kind: Kind = Kind.UNAVAILABLE
+    code: Code = Code.INTERNAL
     reason: str = "INTERNAL"
 
     def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
@@ -39,72 +79,174 @@ class ResolverError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
 
 
-class InvalidPath(ResolverError):
-    kind = Kind.INVALID_ARGUMENT
+class InvalidArgument(VRegistryError):
+    code, reason = Code.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+
+
+class InvalidPath(InvalidArgument):
     reason = "INVALID_PATH"
 
 
-class InvalidArgument(ResolverError):
-    kind = Kind.INVALID_ARGUMENT
-    reason = "INVALID_ARGUMENT"
+class NotFound(VRegistryError):
+    code, reason = Code.NOT_FOUND, "NOT_FOUND"
 
 
-class UpstreamNotFound(ResolverError):
-    kind = Kind.NOT_FOUND
+class UpstreamNotFound(NotFound):
     reason = "UPSTREAM_NOT_FOUND"
 
 
-class RegistryNotFound(ResolverError):
-    kind = Kind.NOT_FOUND
+class RegistryNotFound(NotFound):
     reason = "REGISTRY_NOT_FOUND"
 
 
-class RegistryHasNoUpstreams(ResolverError):
-    kind = Kind.FAILED_PRECONDITION
+class UpstreamNotInRegistry(NotFound):
+    reason = "UPSTREAM_NOT_IN_REGISTRY"
+
+
+class AlreadyExists(VRegistryError):
+    code, reason = Code.ALREADY_EXISTS, "ALREADY_EXISTS"
+
+
+class DuplicateUpstream(AlreadyExists):
+    """Same url and credentials as another upstream of the group."""
+
+    reason = "DUPLICATE_UPSTREAM"
+
+
+class EtagMismatch(VRegistryError):
+    """The resource changed since the caller read it (optimistic concurrency)."""
+
+    code, reason = Code.ABORTED, "ETAG_MISMATCH"
+
+
+class FailedPrecondition(VRegistryError):
+    code, reason = Code.FAILED_PRECONDITION, "FAILED_PRECONDITION"
+
+
+class RegistryHasNoUpstreams(FailedPrecondition):
     reason = "REGISTRY_HAS_NO_UPSTREAMS"
 
 
-class CredentialsRejected(ResolverError):
+class UpstreamInUse(FailedPrecondition):
+    reason = "UPSTREAM_IN_USE"
+
+
+class LimitReached(FailedPrecondition):
+    reason = "LIMIT_REACHED"
+
+
+class CredentialsRejected(FailedPrecondition):
     """The upstream or its token server refused the configured credentials."""
 
-    kind = Kind.FAILED_PRECONDITION
     reason = "UPSTREAM_CREDENTIALS_REJECTED"
 
 
-class UpstreamUnreachable(ResolverError):
-    """Connection refused, timed out, 5xx or 429: a retry may succeed."""
+class RealmRefused(CredentialsRejected):
+    """The token realm breaks the realm policy; no credential was sent to it."""
 
-    kind = Kind.UNAVAILABLE
+    reason = "UPSTREAM_REALM_REFUSED"
+
+    def __init__(
+        self, rule: str, message: str, *, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, metadata=metadata)
+        self.rule = rule  # "host" or "address": which rule of the realm policy refused it
+
+
+class Unavailable(VRegistryError):
+    """Something we depend on failed in a way a retry may fix."""
+
+    code, reason = Code.UNAVAILABLE, "UPSTREAM_UNREACHABLE"
+
+
+class UpstreamUnreachable(Unavailable):
+    """Connection refused, timed out, 5xx: a retry may succeed."""
+
     reason = "UPSTREAM_UNREACHABLE"
 
 
-class UpstreamProtocolError(ResolverError):
-    """The upstream answered something the distribution or token spec does not allow."""
+class UpstreamRateLimited(UpstreamUnreachable):
+    """The upstream (its /v2/ or its token server) answered 429; retry after the delay."""
 
-    kind = Kind.UNAVAILABLE
-    reason = "UPSTREAM_PROTOCOL_ERROR"
-
-
-class DeadlineExceeded(ResolverError):
-    """The caller's deadline had passed before any work could start."""
-
-    kind = Kind.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
-
-
-class ResolveFailed(ResolverError):
-    """No upstream served the path; carries every upstream's attempt."""
+    reason = "UPSTREAM_RATE_LIMITED"
 
     def __init__(
         self,
         message: str,
         *,
-        kind: Kind,
-        reason: str,
+        retry_after_seconds: int = 0,
+        http_status: int = 429,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
+        self.http_status = http_status
+
+
+class UpstreamProtocolError(Unavailable):
+    """The upstream answered something the distribution or token spec does not allow."""
+
+    reason = "UPSTREAM_PROTOCOL_ERROR"
+
+
+class StoreUnavailable(Unavailable):
+    """The configuration store (SQLite, Redis) cannot be read or written now."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+class DeadlineExceeded(VRegistryError):
+    """The caller's deadline passed before we could answer."""
+
+    code, reason = Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
+
+
+class Internal(VRegistryError):
+    """A bug: the caller gets a generic message, the details stay in the server log."""
+
+    code, reason = Code.INTERNAL, "INTERNAL"
+
+
+# --------------------------------------------------------------------------- ResolveUpstream
+
+
+class ResolveFailed(VRegistryError):
+    """No upstream served the path; carries every upstream's attempt (one subclass per outcome)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
         attempts: Sequence[Attempt],
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, metadata=metadata)
-        self.kind = kind
-        self.reason = reason
         self.attempts = list(attempts)
+
+
+class NotFoundOnUpstreams(ResolveFailed, NotFound):
+    reason = "NOT_FOUND_ON_UPSTREAMS"
+
+
+class UpstreamsUnavailable(ResolveFailed, UpstreamUnreachable):
+    """Nothing served the path and some upstreams could not be checked."""
+
+
+class UpstreamsRefusedCredentials(ResolveFailed, CredentialsRejected):
+    """Nothing served the path and some upstreams refused the credentials."""
+
+
+class ResolveDeadlineExceeded(ResolveFailed, DeadlineExceeded):
+    """The caller's deadline ended the checks; the attempts say how far they got."""
+
+
+def all_classes() -> list[type[VRegistryError]]:
+    """Every error class (for the reason-drift test and the docs)."""
+    seen: list[type[VRegistryError]] = []
+    pending: list[type[VRegistryError]] = [VRegistryError]
+    while pending:
+        cls = pending.pop()
+        if cls not in seen:
+            seen.append(cls)
+            pending.extend(cls.__subclasses__())
+    return seen

@@ -2,7 +2,7 @@
 
 Everything the gRPC servicer exposes lives here, so it can be tested and
 embedded without gRPC. Inputs are validated first, and every failure is a
-ResolverError that says what to fix.
+VRegistryError that says what to fix.
 """
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ from vregistry_server.errors import (
     DeadlineExceeded,
     InvalidArgument,
     InvalidPath,
-    Kind,
     RegistryHasNoUpstreams,
     RegistryNotFound,
+    ResolveDeadlineExceeded,
     ResolveFailed,
-    ResolverError,
+    Unavailable,
     UpstreamNotFound,
+    VRegistryError,
 )
 from vregistry_server.model import AuthHeaders, Config, Registry, Resolution, Settings, Upstream
 from vregistry_server.oci.auth import Authenticator
 from vregistry_server.oci.http import Budget, make_client
+from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import PathError, RegistryPath, parse_path, parse_path_or_repository
 from vregistry_server.oci.probe import Prober
 from vregistry_server.oci.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
@@ -40,17 +42,20 @@ class Resolver:
         config: Config,
         cache: TokenCache | None = None,
         client: httpx.AsyncClient | None = None,
+        *,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         settings = config.settings
         self.config = config
-        self.cache = cache if cache is not None else _cache_for(settings)
+        self.observer = observer
+        self.cache = cache if cache is not None else _cache_for(settings, observer)
         self._owns_client = client is None
         self.client = client or make_client(
             connect_timeout=settings.connect_timeout_seconds,
             request_timeout=settings.request_timeout_seconds,
         )
-        self.authenticator = Authenticator(self.client, self.cache, settings)
-        self.prober = Prober(self.client, self.authenticator, settings)
+        self.authenticator = Authenticator(self.client, self.cache, settings, observer=observer)
+        self.prober = Prober(self.client, self.authenticator, settings, observer=observer)
 
     def isolated_prober(self) -> tuple[Authenticator, Prober]:
         """A prober with its own auth memory and token cache, sharing only the HTTP client.
@@ -138,7 +143,7 @@ class Resolver:
             return await self.authenticator.headers_for(upstream, parsed, budget, actions)
         except PathError as exc:  # an action outside pull/push/delete/*
             raise InvalidArgument(str(exc)) from None
-        except ResolverError as exc:
+        except VRegistryError as exc:
             exc.metadata.setdefault("upstream_id", upstream.id)
             raise _as_deadline(exc, budget) from None
 
@@ -159,29 +164,29 @@ class Resolver:
         budget = self._budget(caller_remaining)
         try:
             return await self.prober.resolve(registry, parsed, budget)
-        except ResolverError as exc:
+        except VRegistryError as exc:
             raise _as_deadline(exc, budget) from None
 
 
-def _as_deadline(exc: ResolverError, budget: Budget) -> ResolverError:
+def _as_deadline(exc: VRegistryError, budget: Budget) -> VRegistryError:
     """An upstream that "timed out" because the caller's deadline ran out is the caller's
     DEADLINE_EXCEEDED, not our UNAVAILABLE; ResolveUpstream keeps its attempts."""
-    if exc.kind is not Kind.UNAVAILABLE or not budget.ran_out_for_the_caller():
+    if not isinstance(exc, Unavailable) or not budget.ran_out_for_the_caller():
         return exc
     message = f"the caller's deadline passed before the upstreams answered ({exc.message})"
     if isinstance(exc, ResolveFailed):
-        exc.kind, exc.reason, exc.message = Kind.DEADLINE_EXCEEDED, DeadlineExceeded.reason, message
-        return exc
+        return ResolveDeadlineExceeded(message, attempts=exc.attempts, metadata=exc.metadata)
     return DeadlineExceeded(message, metadata=exc.metadata)
 
 
-def _cache_for(settings: Settings) -> TokenCache:
+def _cache_for(settings: Settings, observer: Observer) -> TokenCache:
     if not settings.redis_url:
-        return MemoryTokenCache()
+        return MemoryTokenCache(observer=observer)
     return RedisTokenCache(
         settings.redis_url,
         near_cache_seconds=settings.token_near_cache_seconds,
         encryption_key=settings.token_cache_key,
+        observer=observer,
     )
 
 

@@ -21,6 +21,7 @@ from vregistry_server.model import Config
 from vregistry_server.resolver import Resolver
 from vregistry_server.runtime.admin_setup import AdminOptions, start_admin
 from vregistry_server.runtime.main import RunningServer, start_server
+from vregistry_server.runtime.metrics import PROMETHEUS
 
 
 def empty_config(**settings: Any) -> Config:
@@ -132,7 +133,7 @@ async def start_admin_service(
         tls_mode="tls" if credentials is not None else "off",
         seed=seed,
     )
-    resolver = Resolver(config)
+    resolver = Resolver(config, observer=PROMETHEUS)
     runtime = await start_admin(options, config, resolver)
     running = await start_server(config, "127.0.0.1:0", resolver=resolver, admin=runtime)
     channel = channel or grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")

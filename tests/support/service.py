@@ -17,6 +17,7 @@ from vregistry_server.model import Config
 from vregistry_server.oci.token_cache import TokenCache
 from vregistry_server.resolver import Resolver
 from vregistry_server.runtime.main import RunningServer, start_server
+from vregistry_server.runtime.metrics import PROMETHEUS
 
 
 def upstream_entry(
@@ -102,7 +103,7 @@ class Service:
 async def start_service(
     config: Config, cache: TokenCache | None = None, *, resolver: Resolver | None = None
 ) -> Service:
-    resolver = resolver or Resolver(config, cache)
+    resolver = resolver or Resolver(config, cache, observer=PROMETHEUS)
     running = await start_server(config, "127.0.0.1:0", resolver=resolver)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     return Service(running, channel, pb_grpc.UpstreamServiceStub(channel))

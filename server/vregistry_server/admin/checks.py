@@ -12,8 +12,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from vregistry_server.admin.errors import Invalid
-from vregistry_server.errors import ResolverError
+from vregistry_server.errors import InvalidArgument, VRegistryError
 from vregistry_server.model import Outcome, RegistryUpstream, Scheme, Upstream
 from vregistry_server.oci.http import Budget
 from vregistry_server.oci.paths import PathError, parse_path
@@ -58,9 +57,9 @@ async def check_upstream(resolver: Resolver, upstream: Upstream, path: str) -> C
     try:
         parsed = parse_path(path or DEFAULT_TEST_PATH)
     except PathError as exc:
-        raise Invalid(f"field 'path': {exc}") from None
+        raise InvalidArgument(f"field 'path': {exc}") from None
     if parsed.repository is None:
-        raise Invalid("field 'path': give a manifest or blob path, not the API root")
+        raise InvalidArgument("field 'path': give a manifest or blob path, not the API root")
     authenticator, prober = resolver.isolated_prober()
     budget = Budget.start(resolver.config.settings.request_timeout_seconds)
     result = CheckResult()
@@ -68,7 +67,7 @@ async def check_upstream(resolver: Resolver, upstream: Upstream, path: str) -> C
     started = time.perf_counter()
     try:
         discovery = await authenticator.discover(upstream, budget)
-    except ResolverError as exc:
+    except VRegistryError as exc:
         result.steps.append(Step(StepKind.PING, StepOutcome.FAILED, 0, _ms(started), exc.message))
         result.steps += [
             Step(StepKind.TOKEN_EXCHANGE, StepOutcome.SKIPPED, message="the ping failed"),
@@ -90,7 +89,7 @@ async def check_upstream(resolver: Resolver, upstream: Upstream, path: str) -> C
         started = time.perf_counter()
         try:
             auth = await authenticator.headers_for(upstream, parsed, budget)
-        except ResolverError as exc:
+        except VRegistryError as exc:
             result.steps.append(
                 Step(StepKind.TOKEN_EXCHANGE, StepOutcome.FAILED, 0, _ms(started), exc.message)
             )

@@ -22,15 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from vregistry_server.admin.errors import (
-    AlreadyExists,
-    Conflict,
-    EtagMismatch,
-    Invalid,
-    NotFound,
-    Precondition,
-    StoreUnavailable,
-)
 from vregistry_server.admin.records import (
     SEED_GROUP,
     RegistryRecord,
@@ -43,7 +34,19 @@ from vregistry_server.admin.records import (
     validate_registry,
     validate_upstream,
 )
-from vregistry_server.admin.stores.base import Changes, Store
+from vregistry_server.admin.stores.base import Changes, Conflict, Store
+from vregistry_server.errors import (
+    AlreadyExists,
+    DuplicateUpstream,
+    EtagMismatch,
+    InvalidArgument,
+    LimitReached,
+    RegistryNotFound,
+    StoreUnavailable,
+    UpstreamInUse,
+    UpstreamNotFound,
+    UpstreamNotInRegistry,
+)
 from vregistry_server.model import Config, Credentials, Settings
 from vregistry_server.resolver import Resolver
 
@@ -340,11 +343,10 @@ class ConfigManager:
                 (r for r in state.registries.values() if old.id in r.members), key=lambda r: r.id
             )
             if users and not force:
-                raise Precondition(
+                raise UpstreamInUse(
                     f"upstream {old.resource_name} is in registries "
                     f"{', '.join(r.resource_name for r in users)}; remove it from them first,"
-                    " or set force to do both",
-                    reason="UPSTREAM_IN_USE",
+                    " or set force to do both"
                 )
             updated = tuple(
                 dataclasses.replace(
@@ -384,10 +386,9 @@ class ConfigManager:
             count = sum(1 for r in state.registries.values() if r.group == group)
             limit = self.settings.max_registries_per_group
             if count >= limit:
-                raise Precondition(
+                raise LimitReached(
                     f"group {group!r} already has {count} registries, at most {limit} allowed"
-                    " (settings.max_registries_per_group)",
-                    reason="LIMIT_REACHED",
+                    " (settings.max_registries_per_group)"
                 )
             stored = dataclasses.replace(record, version=version, create_time=now, update_time=now)
             return Changes(put_registries=(stored,)), stored
@@ -426,27 +427,26 @@ class ConfigManager:
             _check_etag(etag, old.etag, old.resource_name)
             member = _find_upstream(state, "upstream", upstream)
             if member.group != old.group:
-                raise Invalid(
+                raise InvalidArgument(
                     f"field 'upstream': {member.resource_name} belongs to group {member.group!r},"
                     f" the registry to group {old.group!r}; an upstream can only join a registry"
                     " of its own group"
                 )
             if member.id in old.members:
-                raise Invalid(
+                raise InvalidArgument(
                     f"field 'upstream': {member.resource_name} is already in {old.resource_name}"
                     f" at position {old.members.index(member.id) + 1}"
                 )
             limit = self.settings.max_upstreams_per_registry
             if len(old.members) >= limit:
-                raise Precondition(
+                raise LimitReached(
                     f"{old.resource_name} already has {len(old.members)} upstreams, at most"
-                    f" {limit} allowed (settings.max_upstreams_per_registry)",
-                    reason="LIMIT_REACHED",
+                    f" {limit} allowed (settings.max_upstreams_per_registry)"
                 )
             count = len(old.members)
             at = count + 1 if position == 0 else position
             if not 1 <= at <= count + 1:
-                raise Invalid(
+                raise InvalidArgument(
                     f"field 'position': {position} is out of range: 1 to {count + 1}"
                     " (0 appends at the end)"
                 )
@@ -466,9 +466,7 @@ class ConfigManager:
             old = _find_registry(state, "registry", registry)
             _check_etag(etag, old.etag, old.resource_name)
             if upstream_id not in old.members or group != old.group:
-                raise NotFound(
-                    f"{upstream} is not in {old.resource_name}", reason="UPSTREAM_NOT_IN_REGISTRY"
-                )
+                raise UpstreamNotInRegistry(f"{upstream} is not in {old.resource_name}")
             stored = dataclasses.replace(
                 old,
                 members=tuple(m for m in old.members if m != upstream_id),
@@ -491,23 +489,23 @@ class ConfigManager:
                 where = f"field 'upstreams[{index}]'"
                 group, upstream_id = parse_name(f"upstreams[{index}].upstream", name, "upstreams")
                 if group != old.group or upstream_id not in old.members:
-                    raise Invalid(f"{where}: {name} is not in {old.resource_name}")
+                    raise InvalidArgument(f"{where}: {name} is not in {old.resource_name}")
                 if upstream_id in seen:
-                    raise Invalid(f"{where}: {name} is listed twice (duplicate upstream)")
+                    raise InvalidArgument(f"{where}: {name} is listed twice (duplicate upstream)")
                 seen.add(upstream_id)
                 if position in by_position:
-                    raise Invalid(
+                    raise InvalidArgument(
                         f"{where}: position {position} is given twice; positions must be unique"
                     )
                 if not 1 <= position <= len(old.members):
-                    raise Invalid(
+                    raise InvalidArgument(
                         f"{where}: position {position} is out of range: 1 to {len(old.members)}"
                     )
                 by_position[position] = upstream_id
             missing = [m for m in old.members if m not in seen]
             if missing:
                 names = ", ".join(f"groups/{old.group}/upstreams/{m}" for m in missing)
-                raise Invalid(
+                raise InvalidArgument(
                     f"field 'upstreams': every upstream of the registry must be given; missing: {names}"
                 )
             members = tuple(by_position[p] for p in sorted(by_position))
@@ -580,7 +578,7 @@ def _find_upstream(state: State, field_name: str, name: str) -> UpstreamRecord:
     group, upstream_id = parse_name(field_name, name, "upstreams")
     record = state.upstreams.get(upstream_id)
     if record is None or record.group != group:
-        raise NotFound(f"upstream {name} does not exist", reason="UPSTREAM_NOT_FOUND")
+        raise UpstreamNotFound(f"upstream {name} does not exist")
     return record
 
 
@@ -588,7 +586,7 @@ def _find_registry(state: State, field_name: str, name: str) -> RegistryRecord:
     group, registry_id = parse_name(field_name, name, "registries")
     record = state.registries.get(registry_id)
     if record is None or record.group != group:
-        raise NotFound(f"registry {name} does not exist", reason="REGISTRY_NOT_FOUND")
+        raise RegistryNotFound(f"registry {name} does not exist")
     return record
 
 
@@ -605,10 +603,9 @@ def _check_duplicate(state: State, record: UpstreamRecord) -> None:
         if other.id == record.id or other.group != record.group:
             continue
         if other.url == record.url and other.credentials == record.credentials:
-            raise AlreadyExists(
+            raise DuplicateUpstream(
                 f"upstream {other.resource_name} already has url {record.url} with the same"
-                " credentials; the same url and credentials may appear once per group",
-                reason="DUPLICATE_UPSTREAM",
+                " credentials; the same url and credentials may appear once per group"
             )
 
 
@@ -621,16 +618,20 @@ def _mask(
 ) -> set[str]:
     if not mask:
         if not present:
-            raise Invalid("field 'update_mask': nothing to update (no mask and no field set)")
+            raise InvalidArgument(
+                "field 'update_mask': nothing to update (no mask and no field set)"
+            )
         return present
     if list(mask) == ["*"]:
         return set(allowed)
     paths: set[str] = set()
     for path in mask:
         if path in output_only:
-            raise Invalid(f"field 'update_mask': {path!r} is output only and cannot be changed")
+            raise InvalidArgument(
+                f"field 'update_mask': {path!r} is output only and cannot be changed"
+            )
         if path not in allowed and path not in aliases:
-            raise Invalid(
+            raise InvalidArgument(
                 f"field 'update_mask': unknown field {path!r}; allowed: {', '.join(allowed)}"
                 + (f", {', '.join(sorted(aliases))}" if aliases else "")
                 + ", or '*'"
@@ -646,7 +647,7 @@ def _page(
     page_token: str,
 ) -> tuple[list[T], str]:
     if page_size < 0:
-        raise Invalid("field 'page_size': must not be negative")
+        raise InvalidArgument("field 'page_size': must not be negative")
     size = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
     after = ""
     if page_token:
@@ -654,9 +655,9 @@ def _page(
             token = json.loads(base64.urlsafe_b64decode(page_token.encode()))
             token_parent, after = str(token["p"]), str(token["a"])
         except (binascii.Error, ValueError, KeyError, TypeError):
-            raise Invalid("field 'page_token': not a token this API issued") from None
+            raise InvalidArgument("field 'page_token': not a token this API issued") from None
         if token_parent != parent:
-            raise Invalid("field 'page_token': issued for another parent")
+            raise InvalidArgument("field 'page_token': issued for another parent")
     ordered = sorted((r for r in records if r.id > after), key=lambda r: r.id)
     page = ordered[:size]
     next_token = ""

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast, get_args
 
 from vregistry_server.admin.crypto import Keyring
-from vregistry_server.admin.errors import Invalid
 from vregistry_server.config import normalize_upstream_url
+from vregistry_server.errors import InvalidArgument
 from vregistry_server.model import (
     MAX_CACHE_VALIDITY_HOURS,
     Config,
@@ -137,9 +137,9 @@ def registry_name(group: str, registry_id: str) -> str:
 
 def check_id(field_name: str, value: str) -> str:
     if not value:
-        raise Invalid(f"field '{field_name}': is required")
+        raise InvalidArgument(f"field '{field_name}': is required")
     if not ID_PATTERN.match(value):
-        raise Invalid(
+        raise InvalidArgument(
             f"field '{field_name}': {value[:80]!r} is not a valid id: 1 to 63 letters, digits,"
             " '.', '_' or '-', starting with a letter or digit"
         )
@@ -150,7 +150,9 @@ def parse_parent(field_name: str, parent: str, *, allow_wildcard: bool = False) 
     """``groups/{group}`` -> group; ``groups/-`` -> "-" where allowed."""
     parts = parent.split("/")
     if len(parts) != 2 or parts[0] != "groups":
-        raise Invalid(f"field '{field_name}': expected 'groups/{{group}}', got {parent[:120]!r}")
+        raise InvalidArgument(
+            f"field '{field_name}': expected 'groups/{{group}}', got {parent[:120]!r}"
+        )
     if allow_wildcard and parts[1] == "-":
         return "-"
     return check_id(f"{field_name} (group)", parts[1])
@@ -160,7 +162,7 @@ def parse_name(field_name: str, name: str, collection: str) -> tuple[str, str]:
     """``groups/{group}/{collection}/{id}`` -> (group, id)."""
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "groups" or parts[2] != collection:
-        raise Invalid(
+        raise InvalidArgument(
             f"field '{field_name}': expected 'groups/{{group}}/{collection}/{{id}}', got {name[:120]!r}"
         )
     return check_id(f"{field_name} (group)", parts[1]), check_id(f"{field_name} (id)", parts[3])
@@ -171,23 +173,25 @@ def parse_name(field_name: str, name: str, collection: str) -> tuple[str, str]:
 
 def check_text(field_name: str, value: str, *, required: bool, limit: int) -> str:
     if required and not value.strip():
-        raise Invalid(f"field '{field_name}': is required")
+        raise InvalidArgument(f"field '{field_name}': is required")
     if len(value) > limit:
-        raise Invalid(f"field '{field_name}': is {len(value)} characters, at most {limit} allowed")
+        raise InvalidArgument(
+            f"field '{field_name}': is {len(value)} characters, at most {limit} allowed"
+        )
     return value
 
 
 def check_url(value: str, *, allow_http: bool) -> str:
     if not value.strip():
-        raise Invalid("field 'url': is required")
+        raise InvalidArgument("field 'url': is required")
     if len(value) > MAX_URL:
-        raise Invalid(f"field 'url': is {len(value)} characters, at most {MAX_URL} allowed")
+        raise InvalidArgument(f"field 'url': is {len(value)} characters, at most {MAX_URL} allowed")
     try:
         return normalize_upstream_url(value, allow_http=allow_http)
     except ValueError as exc:
         message = str(exc).replace("allow_http: true", "allow_http")
         message = message.replace("username and password_env", "username and password")
-        raise Invalid(f"field 'url': {message}") from None
+        raise InvalidArgument(f"field 'url': {message}") from None
 
 
 def check_credentials(username: str, password: str) -> Credentials | None:
@@ -195,24 +199,24 @@ def check_credentials(username: str, password: str) -> Credentials | None:
     if not username and not password:
         return None
     if not username:
-        raise Invalid(
+        raise InvalidArgument(
             "field 'username': a password is given without a username (give both or neither)"
         )
     if not password:
-        raise Invalid(
+        raise InvalidArgument(
             "field 'password': a username is given without a password (give both or neither)"
         )
     check_text("username", username, required=True, limit=MAX_USERNAME)
     if len(password) > MAX_PASSWORD:
-        raise Invalid(f"field 'password': is longer than {MAX_PASSWORD} characters")
+        raise InvalidArgument(f"field 'password': is longer than {MAX_PASSWORD} characters")
     if any(ch in username for ch in ":\r\n"):
-        raise Invalid("field 'username': must not contain ':' or line breaks")
+        raise InvalidArgument("field 'username': must not contain ':' or line breaks")
     return Credentials(username=username, password=password)
 
 
 def check_cache_validity(value: int) -> int:
     if not 0 <= value <= MAX_CACHE_VALIDITY_HOURS:
-        raise Invalid(
+        raise InvalidArgument(
             f"field 'cache_validity_hours': {value} is out of range: 0 to {MAX_CACHE_VALIDITY_HOURS}"
             " (0 means never re-check)"
         )
@@ -221,7 +225,7 @@ def check_cache_validity(value: int) -> int:
 
 def check_token_flow(value: str) -> TokenFlow:
     if value not in TOKEN_FLOWS:
-        raise Invalid(f"field 'token_flow': must be one of {', '.join(TOKEN_FLOWS)}")
+        raise InvalidArgument(f"field 'token_flow': must be one of {', '.join(TOKEN_FLOWS)}")
     return cast(TokenFlow, value)
 
 

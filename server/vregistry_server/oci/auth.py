@@ -15,16 +15,21 @@ from typing import TypeVar
 
 import httpx
 
-from vregistry_server.errors import CredentialsRejected, ResolverError, UpstreamUnreachable
+from vregistry_server.errors import (
+    CredentialsRejected,
+    RealmRefused,
+    UpstreamUnreachable,
+    VRegistryError,
+)
 from vregistry_server.model import AuthHeaders, Scheme, Settings, Upstream
 from vregistry_server.oci.basic import basic_authorization
 from vregistry_server.oci.http import Budget
+from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import RegistryPath, pull_scope
 from vregistry_server.oci.ping import AuthDiscovery, ping
 from vregistry_server.oci.singleflight import SingleFlight
 from vregistry_server.oci.token_cache import CachedToken, TokenCache, cache_key
 from vregistry_server.oci.token_exchange import TokenExchanger
-from vregistry_server.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +39,19 @@ T = TypeVar("T")
 
 
 class Authenticator:
-    def __init__(self, client: httpx.AsyncClient, cache: TokenCache, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        cache: TokenCache,
+        settings: Settings,
+        *,
+        observer: Observer = NULL_OBSERVER,
+    ) -> None:
         self._client = client
         self._cache = cache
         self._settings = settings
-        self._exchanger = TokenExchanger(client)
+        self._observer = observer
+        self._exchanger = TokenExchanger(client, observer=observer)
         self._discoveries: dict[str, tuple[AuthDiscovery, float]] = {}
         self._discovery_flight: SingleFlight[AuthDiscovery] = SingleFlight()
         self._token_flight: SingleFlight[CachedToken] = SingleFlight()
@@ -59,10 +72,12 @@ class Authenticator:
     async def _ping_and_remember(self, upstream: Upstream) -> AuthDiscovery:
         try:
             discovery = await ping(self._client, upstream, self._shared_budget())
-        except ResolverError as exc:
-            metrics.PINGS.labels(upstream.id, exc.reason.lower()).inc()
+        except VRegistryError as exc:
+            self._observer.ping(upstream.id, exc.reason.lower())
+            if isinstance(exc, RealmRefused):
+                self._observer.realm_refusal(upstream.id, exc.rule)
             raise
-        metrics.PINGS.labels(upstream.id, discovery.scheme.value).inc()
+        self._observer.ping(upstream.id, discovery.scheme.value)
         self.remember(upstream, discovery)
         log.info(
             "discovered auth scheme",
@@ -143,9 +158,7 @@ class Authenticator:
         else:
             cached = await self._cache.get(key)
             if cached is not None and cached.expires_at > time.time():
-                metrics.token_cache_child(self._cache.name, "hit").inc()
                 return _bearer_headers(cached, key, cache_hit=True)
-            metrics.token_cache_child(self._cache.name, "miss").inc()
         token = await self._wait(
             self._token_flight.run(
                 key,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vregistry_server.runtime import metrics
+from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 
 
 class State(enum.IntEnum):
@@ -38,7 +38,9 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         reset_after_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
+        self._observer = observer
         self._threshold = failure_threshold
         self._reset_after = reset_after_seconds
         self._clock = clock
@@ -92,8 +94,8 @@ class CircuitBreaker:
 
     def forget(self, upstream_id: str) -> None:
         self._circuits.pop(upstream_id, None)
-        metrics.CIRCUIT_STATE.labels(upstream_id).set(State.CLOSED)
+        self._observer.circuit_state(upstream_id, State.CLOSED)
 
     def _set(self, upstream_id: str, circuit: _Circuit, state: State) -> None:
         circuit.state = state
-        metrics.CIRCUIT_STATE.labels(upstream_id).set(state)
+        self._observer.circuit_state(upstream_id, state)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
-from vregistry_server.oci.realm_policy import EGRESS_REFUSED, GuardedNetworkBackend, RealmRefused
+from vregistry_server.errors import RealmRefused, UpstreamProtocolError, UpstreamUnreachable
+from vregistry_server.oci.realm_policy import EGRESS_REFUSED, GuardedNetworkBackend
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
@@ -127,8 +127,9 @@ async def transport_errors(url: httpx.URL | str) -> AsyncIterator[None]:
     except (httpx.TransportError, TimeoutError) as exc:
         if isinstance(exc, httpx.ConnectError) and EGRESS_REFUSED in str(exc):
             raise RealmRefused(
+                "address",
                 f"a token request to {_origin(httpx.URL(str(url)))} was redirected to a refused "
-                "address; no credentials were sent"
+                "address; no credentials were sent",
             ) from None
         raise UpstreamUnreachable(describe_transport_error(exc, url)) from None
 

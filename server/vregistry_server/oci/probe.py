@@ -20,10 +20,12 @@ import httpx
 
 from vregistry_server.errors import (
     CredentialsRejected,
-    Kind,
+    NotFoundOnUpstreams,
     ResolveFailed,
-    ResolverError,
+    UpstreamsRefusedCredentials,
+    UpstreamsUnavailable,
     UpstreamUnreachable,
+    VRegistryError,
 )
 from vregistry_server.model import (
     Attempt,
@@ -38,9 +40,9 @@ from vregistry_server.model import (
 from vregistry_server.oci.auth import Authenticator
 from vregistry_server.oci.circuit import CircuitBreaker
 from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import Endpoint, RegistryPath
 from vregistry_server.oci.ping import discovery_from_response
-from vregistry_server.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +67,17 @@ class Prober:
         authenticator: Authenticator,
         settings: Settings,
         breaker: CircuitBreaker | None = None,
+        *,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._client = client
         self._auth = authenticator
         self._settings = settings
+        self._observer = observer
         self.breaker = breaker or CircuitBreaker(
             failure_threshold=settings.circuit_failure_threshold,
             reset_after_seconds=settings.circuit_reset_seconds,
+            observer=observer,
         )
 
     async def resolve(self, registry: Registry, path: RegistryPath, budget: Budget) -> Resolution:
@@ -114,7 +120,7 @@ class Prober:
                 f"upstream {upstream.name!r} failed repeatedly; its circuit is open, next check "
                 f"in {self.breaker.retry_in(upstream.id):.0f}s"
             )
-            metrics.PROBES.labels(upstream.id, "circuit_open").observe(0)
+            self._observer.probe(upstream.id, "circuit_open", 0.0)
             return attempt, None
         started = time.perf_counter()
         probe_budget = Budget(
@@ -125,7 +131,7 @@ class Prober:
             hit = await self._probe(member, path, probe_budget, attempt)
         except CredentialsRejected as exc:
             attempt.outcome, attempt.message = Outcome.AUTH_FAILED, exc.message
-        except ResolverError as exc:
+        except VRegistryError as exc:
             attempt.outcome, attempt.message = Outcome.UNAVAILABLE, exc.message
         except TimeoutError:
             attempt.outcome, attempt.message = Outcome.UNAVAILABLE, "timed out"
@@ -138,7 +144,7 @@ class Prober:
             self.breaker.record_failure(upstream.id)
         else:
             self.breaker.record_success(upstream.id)
-        metrics.PROBES.labels(upstream.id, attempt.outcome.value).observe(elapsed)
+        self._observer.probe(upstream.id, attempt.outcome.value, elapsed)
         log.debug(
             "probed upstream",
             extra={
@@ -305,6 +311,7 @@ def _retry_after(response: Response) -> int:
 
 
 def _failure(registry: Registry, path: RegistryPath, attempts: Sequence[Attempt]) -> ResolveFailed:
+    """Unavailable beats refused beats not found: a retry may still find it elsewhere."""
     outcomes = {a.outcome for a in attempts}
     summary = "; ".join(
         f"{a.upstream_id}: {a.outcome.value}"
@@ -312,28 +319,21 @@ def _failure(registry: Registry, path: RegistryPath, attempts: Sequence[Attempt]
         for a in attempts
     )
     metadata = {"registry_id": registry.id, "path": path.api_path[:200]}
+    served = f"no upstream of registry {registry.name!r} served {path.api_path}"
     if outcomes & {Outcome.UNAVAILABLE, Outcome.RATE_LIMITED}:
-        return ResolveFailed(
-            f"no upstream of registry {registry.name!r} served {path.api_path}, and some could not "
-            f"be checked; retry later ({summary})",
-            kind=Kind.UNAVAILABLE,
-            reason=UpstreamUnreachable.reason,
+        return UpstreamsUnavailable(
+            f"{served}, and some could not be checked; retry later ({summary})",
             attempts=attempts,
             metadata=metadata,
         )
     if Outcome.AUTH_FAILED in outcomes:
-        return ResolveFailed(
-            f"no upstream of registry {registry.name!r} served {path.api_path}; some refused the "
-            f"configured credentials ({summary})",
-            kind=Kind.FAILED_PRECONDITION,
-            reason=CredentialsRejected.reason,
+        return UpstreamsRefusedCredentials(
+            f"{served}; some refused the configured credentials ({summary})",
             attempts=attempts,
             metadata=metadata,
         )
-    return ResolveFailed(
+    return NotFoundOnUpstreams(
         f"{path.api_path} was not found on any upstream of registry {registry.name!r} ({summary})",
-        kind=Kind.NOT_FOUND,
-        reason="NOT_FOUND_ON_UPSTREAMS",
         attempts=attempts,
         metadata=metadata,
     )

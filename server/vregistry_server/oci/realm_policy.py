@@ -32,9 +32,8 @@ import httpcore
 import httpx
 from publicsuffixlist import PublicSuffixList
 
-from vregistry_server.errors import CredentialsRejected
+from vregistry_server.errors import RealmRefused
 from vregistry_server.model import Upstream
-from vregistry_server.runtime import metrics
 
 _PSL = PublicSuffixList()
 EGRESS_REFUSED = "egress refused"
@@ -42,12 +41,6 @@ _UPSTREAM_CLASS_TTL_SECONDS = 60.0
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class RealmRefused(CredentialsRejected):
-    """The realm breaks the realm policy; no credential was sent to it."""
-
-    reason = "UPSTREAM_REALM_REFUSED"
 
 
 class AddressClass(enum.Enum):
@@ -112,8 +105,8 @@ def host_allowed(upstream: Upstream, realm_host: str) -> bool:
 
 def check_realm_host(upstream: Upstream, realm: httpx.URL) -> None:
     if not host_allowed(upstream, realm.host):
-        metrics.REALM_REFUSALS.labels(upstream.id, "host").inc()
         raise RealmRefused(
+            "host",
             f"upstream {upstream.name!r} sent a token realm on {realm.host!r}, which is neither its "
             "own host nor its registrable domain; no credentials were sent (add the host to the "
             "upstream's realm_allow_hosts if it is trusted)",
@@ -167,8 +160,8 @@ class AddressGuard:
             return allowed  # unresolvable: the connection attempt reports it as unreachable
         refused = [a for a in addresses if classify(a) not in allowed]
         if refused:
-            metrics.REALM_REFUSALS.labels(upstream.id, "address").inc()
             raise RealmRefused(
+                "address",
                 f"upstream {upstream.name!r} sent a token realm on {realm.host!r}, which resolves to "
                 f"a {classify(refused[0]).value} address while the upstream is not there; "
                 "no credentials were sent",

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.exceptions import RedisError
 
-from vregistry_server.runtime import metrics
+from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ KEY_PREFIX = "vregistry:token:v1:"
 REDIS_RETRY_SECONDS = 1.0
 MAX_REDIS_CONNECTIONS = 32
 _SEALED_PREFIX = "aesgcm1:"
-_NEAR_HIT = metrics.TOKEN_CACHE.labels("near", "hit")
-_NEAR_MISS = metrics.TOKEN_CACHE.labels("near", "miss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +68,18 @@ class MemoryTokenCache:
 
     name = "memory"
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000, *, observer: Observer = NULL_OBSERVER) -> None:
         self._entries: OrderedDict[str, tuple[CachedToken, float]] = OrderedDict()
         self._max_entries = max_entries
+        self._observer = observer
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def get(self, key: str) -> CachedToken | None:
-        return self.peek(key)
+        token = self.peek(key)
+        self._observer.token_cache(self.name, "miss" if token is None else "hit")
+        return token
 
     def peek(self, key: str) -> CachedToken | None:
         """``get`` without a coroutine, for callers on the hot path."""
@@ -119,7 +120,9 @@ class RedisTokenCache:
         near_cache_seconds: float = 0.0,
         near_cache_entries: int = 4096,
         encryption_key: bytes | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
+        self._observer = observer
         self._aead = AESGCM(encryption_key) if encryption_key else None
         # A bounded pool: a burst of cold callers queues for a connection instead of
         # opening hundreds of sockets at once (whose handshakes then time out and
@@ -134,7 +137,7 @@ class RedisTokenCache:
             retry_on_timeout=False,
         )
         self._redis = aioredis.Redis.from_pool(pool)
-        self._fallback = MemoryTokenCache()
+        self._fallback = MemoryTokenCache(observer=observer)
         self.degraded = False
         # While degraded, Redis is only tried again after this time (monotonic): a Redis
         # that hangs instead of refusing would otherwise cost every call a socket timeout.
@@ -160,12 +163,12 @@ class RedisTokenCache:
                 self._mark_degraded(exc)
                 return await self._fallback.get(key)
             self._mark_healthy()
-            return self._decode(key, raw) if raw is not None else None
+            return self._counted(self._decode(key, raw) if raw is not None else None)
         token = near.peek(key)
         if token is not None:
-            _NEAR_HIT.inc()
+            self._observer.token_cache("near", "hit")
             return token
-        _NEAR_MISS.inc()
+        self._observer.token_cache("near", "miss")
         try:
             # One round trip: the value and how long Redis keeps it.
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -176,9 +179,13 @@ class RedisTokenCache:
             self._mark_degraded(exc)
             return await self._fallback.get(key)
         self._mark_healthy()
-        token = self._decode(key, raw) if raw is not None else None
+        token = self._counted(self._decode(key, raw) if raw is not None else None)
         if token is not None and isinstance(pttl_ms, int) and pttl_ms > 0:
             await near.set(key, token, min(self.near_cache_seconds, pttl_ms / 1000))
+        return token
+
+    def _counted(self, token: CachedToken | None) -> CachedToken | None:
+        self._observer.token_cache(self.name, "miss" if token is None else "hit")
         return token
 
     async def set(self, key: str, token: CachedToken, ttl_seconds: float) -> None:
@@ -232,10 +239,11 @@ class RedisTokenCache:
         return _decode(plain)
 
     def _mark_degraded(self, exc: Exception) -> None:
+        self._observer.token_cache(self.name, "error")
         self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
         if not self.degraded:
             self.degraded = True
-            metrics.TOKEN_CACHE_DEGRADED.set(1)
+            self._observer.token_cache_degraded(True)
             log.warning(
                 "token cache degraded: Redis unreachable, using process memory",
                 extra={"error": type(exc).__name__},
@@ -244,7 +252,7 @@ class RedisTokenCache:
     def _mark_healthy(self) -> None:
         if self.degraded:
             self.degraded = False
-            metrics.TOKEN_CACHE_DEGRADED.set(0)
+            self._observer.token_cache_degraded(False)
             log.info("token cache recovered: Redis answers again")
 
 

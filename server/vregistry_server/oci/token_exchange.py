@@ -22,16 +22,17 @@ import httpx
 
 from vregistry_server.errors import (
     CredentialsRejected,
-    ResolverError,
+    RealmRefused,
     UpstreamProtocolError,
     UpstreamUnreachable,
+    VRegistryError,
 )
 from vregistry_server.model import Credentials, Upstream
 from vregistry_server.oci.basic import basic_authorization
 from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.ping import AuthDiscovery
 from vregistry_server.oci.realm_policy import AddressGuard, lift_restriction, restrict_connections
-from vregistry_server.runtime import metrics
 
 # The Docker token spec: expires_in defaults to 60 s and should never be less.
 MIN_TOKEN_LIFETIME_SECONDS = 60.0
@@ -65,8 +66,15 @@ class _FlowRefused(Exception):
 class TokenExchanger:
     """Fetches tokens, remembering per upstream which flow works and any refresh token."""
 
-    def __init__(self, client: httpx.AsyncClient, guard: AddressGuard | None = None) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        guard: AddressGuard | None = None,
+        *,
+        observer: Observer = NULL_OBSERVER,
+    ) -> None:
         self._client = client
+        self._observer = observer
         self._guard = guard or AddressGuard()
         self._working_flow: dict[str, Flow] = {}
         self._refresh_tokens: dict[tuple[str, str, str, str], str] = {}
@@ -98,13 +106,15 @@ class TokenExchanger:
                 else:
                     token = await self._fetch_oauth2(upstream, discovery, scopes, budget)
             except _FlowRefused as refused:
-                metrics.TOKEN_FETCHES.labels(upstream.id, flow, "refused").inc()
+                self._observer.token_fetch(upstream.id, flow, "refused")
                 refusals.append(refused)
                 continue
-            except ResolverError as exc:
-                metrics.TOKEN_FETCHES.labels(upstream.id, flow, exc.reason.lower()).inc()
+            except VRegistryError as exc:
+                self._observer.token_fetch(upstream.id, flow, exc.reason.lower())
+                if isinstance(exc, RealmRefused):
+                    self._observer.realm_refusal(upstream.id, exc.rule)
                 raise
-            metrics.TOKEN_FETCHES.labels(upstream.id, flow, "ok").inc()
+            self._observer.token_fetch(upstream.id, flow, "ok")
             self._working_flow[upstream.id] = flow
             return token
         raise _refusal_error(upstream, scopes, refusals)

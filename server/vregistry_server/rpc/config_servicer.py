@@ -8,17 +8,14 @@ only ``has_credentials``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
 from vregistry_server.admin.checks import StepKind, StepOutcome, check_upstream
-from vregistry_server.admin.errors import AdminError, Code
 from vregistry_server.admin.manager import (
     ConfigManager,
     RegistryInput,
@@ -26,21 +23,14 @@ from vregistry_server.admin.manager import (
     build_unsaved_upstream,
 )
 from vregistry_server.admin.records import RegistryRecord, UpstreamRecord, upstream_name
-from vregistry_server.rpc import status
+from vregistry_server.errors import InvalidArgument
+from vregistry_server.rpc.boundary import NullRpcObserver, RpcObserver, handle, timestamp
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ConfigService"].full_name
 
-_CODES = {
-    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    Code.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
-    Code.ABORTED: grpc.StatusCode.ABORTED,
-    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-}
 _FLOW_TO_PB = {
     "auto": cpb.TOKEN_FLOW_AUTO,
     "get": cpb.TOKEN_FLOW_GET,
@@ -60,15 +50,21 @@ _STEP_OUTCOMES = {
 
 
 class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
-    def __init__(self, manager: ConfigManager) -> None:
+    def __init__(self, manager: ConfigManager, observer: RpcObserver | None = None) -> None:
         self._manager = manager
+        self._observer = observer or NullRpcObserver()
+
+    def _handle(
+        self, context: grpc.aio.ServicerContext, method: str, work: Awaitable[T]
+    ) -> Awaitable[T]:
+        return handle(context, method, work, self._observer)
 
     # ------------------------------------------------------------------ upstreams
 
     async def CreateUpstream(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.CreateUpstreamResponse:
-        record = await _call(
+        record = await self._handle(
             context,
             "CreateUpstream",
             self._manager.create_upstream(
@@ -80,13 +76,15 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
     async def GetUpstream(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.GetUpstreamResponse:
-        record = await _call(context, "GetUpstream", self._manager.get_upstream(request.name))
+        record = await self._handle(
+            context, "GetUpstream", self._manager.get_upstream(request.name)
+        )
         return cpb.GetUpstreamResponse(upstream=upstream_to_pb(record))
 
     async def ListUpstreams(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.ListUpstreamsResponse:
-        records, token = await _call(
+        records, token = await self._handle(
             context,
             "ListUpstreams",
             self._manager.list_upstreams(request.parent, request.page_size, request.page_token),
@@ -99,7 +97,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.UpdateUpstreamResponse:
         given = request.upstream
-        record = await _call(
+        record = await self._handle(
             context,
             "UpdateUpstream",
             self._manager.update_upstream(
@@ -111,7 +109,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
     async def DeleteUpstream(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.DeleteUpstreamResponse:
-        removed = await _call(
+        removed = await self._handle(
             context,
             "DeleteUpstream",
             self._manager.delete_upstream(request.name, request.etag, request.force),
@@ -130,7 +128,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
                     "test", "unsaved", _upstream_input(request.upstream)
                 ).to_upstream()
             else:
-                raise AdminError("field 'target': give name or upstream")
+                raise InvalidArgument("field 'target': give name or upstream")
             result = await check_upstream(self._manager.resolver, upstream, request.path)
             return cpb.TestUpstreamResponse(
                 ok=result.ok,
@@ -147,14 +145,14 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
                 ],
             )
 
-        return await _call(context, "TestUpstream", run())
+        return await self._handle(context, "TestUpstream", run())
 
     # ------------------------------------------------------------------ registries
 
     async def CreateRegistry(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.CreateRegistryResponse:
-        record = await _call(
+        record = await self._handle(
             context,
             "CreateRegistry",
             self._manager.create_registry(
@@ -166,13 +164,15 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
     async def GetRegistry(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.GetRegistryResponse:
-        record = await _call(context, "GetRegistry", self._manager.get_registry(request.name))
+        record = await self._handle(
+            context, "GetRegistry", self._manager.get_registry(request.name)
+        )
         return cpb.GetRegistryResponse(registry=registry_to_pb(record))
 
     async def ListRegistries(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.ListRegistriesResponse:
-        records, token = await _call(
+        records, token = await self._handle(
             context,
             "ListRegistries",
             self._manager.list_registries(request.parent, request.page_size, request.page_token),
@@ -185,7 +185,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.UpdateRegistryResponse:
         given = request.registry
-        record = await _call(
+        record = await self._handle(
             context,
             "UpdateRegistry",
             self._manager.update_registry(
@@ -197,7 +197,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
     async def DeleteRegistry(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.DeleteRegistryResponse:
-        await _call(
+        await self._handle(
             context, "DeleteRegistry", self._manager.delete_registry(request.name, request.etag)
         )
         return cpb.DeleteRegistryResponse()
@@ -205,7 +205,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
     async def AddUpstream(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.AddUpstreamResponse:
-        record = await _call(
+        record = await self._handle(
             context,
             "AddUpstream",
             self._manager.add_upstream(
@@ -217,7 +217,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
     async def RemoveUpstream(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.RemoveUpstreamResponse:
-        record = await _call(
+        record = await self._handle(
             context,
             "RemoveUpstream",
             self._manager.remove_upstream(request.registry, request.upstream, request.etag),
@@ -228,7 +228,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.ReorderUpstreamsResponse:
         order = [(m.upstream, m.position) for m in request.upstreams]
-        record = await _call(
+        record = await self._handle(
             context,
             "ReorderUpstreams",
             self._manager.reorder_upstreams(request.registry, order, request.etag),
@@ -242,7 +242,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
 def _upstream_input(message: Any) -> UpstreamInput:
     flow = _FLOW_FROM_PB.get(message.token_flow, "")
     if message.token_flow and not flow:
-        raise AdminError(f"field 'token_flow': unknown value {message.token_flow}")
+        raise InvalidArgument(f"field 'token_flow': unknown value {message.token_flow}")
     return UpstreamInput(
         display_name=message.display_name,
         url=message.url,
@@ -275,8 +275,8 @@ def upstream_to_pb(record: UpstreamRecord) -> cpb.UpstreamConfig:
         token_flow=_FLOW_TO_PB[record.token_flow],
         client_id=record.client_id,
         etag=record.etag,
-        create_time=_timestamp(record.create_time),
-        update_time=_timestamp(record.update_time),
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
     )
 
 
@@ -290,40 +290,6 @@ def registry_to_pb(record: RegistryRecord) -> cpb.RegistryConfig:
             for index, uid in enumerate(record.members, start=1)
         ],
         etag=record.etag,
-        create_time=_timestamp(record.create_time),
-        update_time=_timestamp(record.update_time),
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
     )
-
-
-def _timestamp(unix_seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(unix_seconds * 1e9))
-    return stamp
-
-
-# --------------------------------------------------------------------------- errors
-
-
-async def _call(context: grpc.aio.ServicerContext, method: str, work: Awaitable[T]) -> T:
-    started = time.perf_counter()
-    try:
-        return await work
-    except AdminError as exc:
-        log.info(
-            "admin request refused",
-            extra={
-                "method": method,
-                "reason": exc.reason,
-                "error": exc.message,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            },
-        )
-        await _abort(context, exc)
-    except Exception:
-        log.exception("unexpected error", extra={"method": method})
-        await status.abort_internal(context)
-    raise AssertionError("abort_with_status returned")
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: AdminError) -> NoReturn:
-    await status.abort(context, _CODES[exc.code], exc.message, exc.reason)

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from vregistry_server.admin.callers import CallerAuthInterceptor, Callers, CallersError
+from vregistry_server.admin.callers import Callers, CallersError
 from vregistry_server.admin.crypto import Keyring, KeyringError, generate_key_line
 from vregistry_server.admin.manager import ConfigManager
 from vregistry_server.admin.stores.base import MemoryStore, Store
@@ -28,6 +28,8 @@ from vregistry_server.admin.stores.sqlite import SqliteStore
 from vregistry_server.model import Config
 from vregistry_server.rpc.config_servicer import SERVICE_NAME as CONFIG_SERVICE_NAME
 from vregistry_server.rpc.config_servicer import ConfigServicer
+from vregistry_server.rpc.interceptors import CallerAuthInterceptor
+from vregistry_server.runtime.metrics import PROMETHEUS
 from vregistry_server.runtime.tls import TlsError, server_credentials
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,9 @@ class AdminRuntime:
             return []
         from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
 
-        cpb_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(self.manager), server)
+        cpb_grpc.add_ConfigServiceServicer_to_server(
+            ConfigServicer(self.manager, PROMETHEUS), server
+        )
         return [CONFIG_SERVICE_NAME]
 
     def describe(self) -> dict[str, Any]:

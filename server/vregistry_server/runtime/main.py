@@ -38,7 +38,7 @@ from vregistry_server.resolver import Resolver
 from vregistry_server.rpc.upstream_servicer import UpstreamServicer
 from vregistry_server.runtime import admin_setup
 from vregistry_server.runtime.logs import configure_logging
-from vregistry_server.runtime.metrics import serve_metrics
+from vregistry_server.runtime.metrics import PROMETHEUS, serve_metrics
 from vregistry_server.runtime.tracing import TracingUnavailable, enable_tracing
 from vregistry_server.runtime.workers import reserve_port, run_workers, split_listen
 
@@ -79,7 +79,7 @@ async def start_server(
     ``admin`` (see admin/setup.py) adds ConfigService, the caller-auth
     interceptor and TLS credentials; without it the server is plaintext and open.
     """
-    resolver = resolver or Resolver(config)
+    resolver = resolver or Resolver(config, observer=PROMETHEUS)
     server = grpc.aio.server(
         interceptors=admin.interceptors if admin is not None else None,
         options=[
@@ -90,7 +90,7 @@ async def start_server(
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ],
     )
-    pb_grpc.add_UpstreamServiceServicer_to_server(UpstreamServicer(resolver), server)
+    pb_grpc.add_UpstreamServiceServicer_to_server(UpstreamServicer(resolver, PROMETHEUS), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     admin_services = admin.register(server) if admin is not None else []
@@ -125,7 +125,7 @@ async def serve(
     reuse_port: bool = False,
     admin_options: admin_setup.AdminOptions | None = None,
 ) -> None:
-    resolver = Resolver(config)
+    resolver = Resolver(config, observer=PROMETHEUS)
     admin = None
     if admin_options is not None:
         try:

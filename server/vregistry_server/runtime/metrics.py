@@ -1,5 +1,9 @@
 """Prometheus metrics, served on their own HTTP port (``--metrics-listen``).
 
+``PrometheusObserver`` is where the OCI layer's events (oci/observer.py) and
+every finished RPC (rpc/boundary.py) become series; nothing below the runtime
+imports prometheus_client.
+
 Labels carry ids, methods, codes and outcomes only: never a path, a realm
 query, a username or a token, so a scrape can be shared freely.
 """
@@ -10,6 +14,8 @@ import functools
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from vregistry_server.oci.observer import Observer
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -79,8 +85,41 @@ def rpc_children(method: str, code: str) -> tuple[Any, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def token_cache_child(layer: str, result: str) -> Any:
+def _token_cache_child(layer: str, result: str) -> Any:
     return TOKEN_CACHE.labels(layer, result)
+
+
+class PrometheusObserver(Observer):
+    """The OCI layer's events and every RPC, as the series above."""
+
+    def rpc(self, method: str, code: str, seconds: float) -> None:
+        requests, duration = rpc_children(method, code)
+        requests.inc()
+        duration.observe(seconds)
+
+    def ping(self, upstream_id: str, outcome: str) -> None:
+        PINGS.labels(upstream_id, outcome).inc()
+
+    def token_fetch(self, upstream_id: str, flow: str, outcome: str) -> None:
+        TOKEN_FETCHES.labels(upstream_id, flow, outcome).inc()
+
+    def token_cache(self, layer: str, result: str) -> None:
+        _token_cache_child(layer, result).inc()
+
+    def token_cache_degraded(self, degraded: bool) -> None:
+        TOKEN_CACHE_DEGRADED.set(1 if degraded else 0)
+
+    def probe(self, upstream_id: str, outcome: str, seconds: float) -> None:
+        PROBES.labels(upstream_id, outcome).observe(seconds)
+
+    def circuit_state(self, upstream_id: str, state: int) -> None:
+        CIRCUIT_STATE.labels(upstream_id).set(state)
+
+    def realm_refusal(self, upstream_id: str, rule: str) -> None:
+        REALM_REFUSALS.labels(upstream_id, rule).inc()
+
+
+PROMETHEUS = PrometheusObserver()
 
 
 def serve_metrics(listen: str) -> int:

@@ -13,8 +13,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vregistry_server.admin.errors import Conflict
 from vregistry_server.admin.records import RegistryRecord, State, UpstreamRecord
+
+
+class Conflict(Exception):
+    """The store changed between read and write (another writer won); the manager retries.
+
+    Internal to the admin domain: callers never see it (after a few retries they get
+    StoreUnavailable).
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,6 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vregistry_server.admin.crypto import Keyring
-from vregistry_server.admin.errors import Conflict, StoreUnavailable
 from vregistry_server.admin.records import (
     State,
     registry_from_doc,
@@ -35,7 +34,8 @@ from vregistry_server.admin.records import (
     upstream_from_doc,
     upstream_to_doc,
 )
-from vregistry_server.admin.stores.base import Changes
+from vregistry_server.admin.stores.base import Changes, Conflict
+from vregistry_server.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vregistry_server.admin.crypto import Keyring
-from vregistry_server.admin.errors import Conflict
 from vregistry_server.admin.records import (
     State,
     registry_from_doc,
@@ -29,7 +28,7 @@ from vregistry_server.admin.records import (
     upstream_from_doc,
     upstream_to_doc,
 )
-from vregistry_server.admin.stores.base import Changes
+from vregistry_server.admin.stores.base import Changes, Conflict
 
 T = TypeVar("T")
 DB_FILE = "vregistry.sqlite3"
