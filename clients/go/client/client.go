@@ -6,8 +6,9 @@
 //	url, err := c.URLFor(ctx, "dockerhub", "library/alpine/manifests/latest")
 //
 // Every method takes a context.Context; when it carries no deadline, the client's default
-// timeout (WithTimeout) applies. Failed calls return an *Error carrying the gRPC status code,
-// the google.rpc.ErrorInfo reason and metadata, and, for ResolveUpstream, every upstream's
+// timeout applies (DefaultTimeout, 30 s; WithTimeout changes it). Failed calls return an *Error
+// carrying the gRPC status code, the google.rpc.ErrorInfo reason (Reason, and ReasonCode as the
+// generated vregistryv1.ErrorReason) and metadata, and, for ResolveUpstream, every upstream's
 // attempt (decoded from the vregistry.v1.ResolveUpstreamFailure status detail).
 package client
 
@@ -25,7 +26,9 @@ import (
 )
 
 // DefaultTimeout is the per-call deadline applied when neither the context nor WithTimeout
-// sets one.
+// sets one. It is the same in every vregistry client, and longer than the server's own
+// per-request budget (10 s by default), so that the server answers with what its upstreams did
+// (UNAVAILABLE and the attempts) before the caller's deadline turns it into DEADLINE_EXCEEDED.
 const DefaultTimeout = 30 * time.Second
 
 // Client calls the UpstreamService over one gRPC connection. It is safe for concurrent use.

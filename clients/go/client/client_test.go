@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -18,7 +19,7 @@ import (
 	vregistryv1 "github.com/vregistry/vregistry/clients/go/gen/vregistry/v1"
 )
 
-// stack is the file named by VREGISTRY_STACK (written by tests/test_clients.py).
+// stack is the file named by VREGISTRY_STACK (written by tests/system/test_clients.py).
 type stack struct {
 	Target string `json:"target"`
 	URLFor struct {
@@ -78,7 +79,7 @@ func loadStack(t *testing.T) stack {
 	t.Helper()
 	path := os.Getenv("VREGISTRY_STACK")
 	if path == "" {
-		t.Skip("VREGISTRY_STACK is not set: run through tests/test_clients.py (make test)")
+		t.Skip("VREGISTRY_STACK is not set: run through tests/system/test_clients.py (make test)")
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -173,7 +174,7 @@ func TestAgainstServer(t *testing.T) {
 		if !ok {
 			t.Fatalf("want *client.Error, got %v", err)
 		}
-		if e.Code != codes.NotFound || e.Reason != client.ReasonNotFoundOnUpstreams || len(e.Attempts) != 2 {
+		if e.Code != codes.NotFound || e.ReasonCode() != vregistryv1.ErrorReason_NOT_FOUND_ON_UPSTREAMS || len(e.Attempts) != 2 {
 			t.Fatalf("got %v with %d attempts", e, len(e.Attempts))
 		}
 		if status.Code(err) != codes.NotFound || e.Domain != client.ErrorDomain {
@@ -186,7 +187,7 @@ func TestAgainstServer(t *testing.T) {
 	t.Run("InvalidArgument", func(t *testing.T) {
 		_, err := c.URLFor(ctx, s.Invalid.UpstreamID, s.Invalid.Path)
 		e, ok := client.AsError(err)
-		if !ok || e.Code != codes.InvalidArgument || e.Reason != client.ReasonInvalidPath {
+		if !ok || e.Code != codes.InvalidArgument || e.ReasonCode() != vregistryv1.ErrorReason_INVALID_PATH {
 			t.Fatalf("want INVALID_ARGUMENT/INVALID_PATH, got %v", err)
 		}
 		if !strings.Contains(e.Error(), "INVALID_ARGUMENT (INVALID_PATH)") {
@@ -204,7 +205,7 @@ func TestAgainstServer(t *testing.T) {
 		_, err = short.ResolveUpstream(ctx, s.ResolveHit.RegistryID, s.ResolveHit.Path)
 		// Expired in the client (no reason) or refused by the server on arrival.
 		if e, ok := client.AsError(err); !ok || e.Code != codes.DeadlineExceeded ||
-			(e.Reason != "" && e.Reason != "DEADLINE_EXCEEDED") {
+			(e.Reason != "" && e.ReasonCode() != vregistryv1.ErrorReason_DEADLINE_EXCEEDED) {
 			t.Fatalf("want DEADLINE_EXCEEDED, got %v", err)
 		}
 		// A deadline on the context wins over the default.
@@ -232,7 +233,7 @@ func TestAgainstServer(t *testing.T) {
 // TestFromErrorDecodesDetails needs no server: it builds the status the server sends.
 func TestFromErrorDecodesDetails(t *testing.T) {
 	st, err := status.New(codes.NotFound, "not on any upstream").WithDetails(
-		&errdetails.ErrorInfo{Reason: client.ReasonNotFoundOnUpstreams, Domain: client.ErrorDomain, Metadata: map[string]string{"registry_id": "r"}},
+		&errdetails.ErrorInfo{Reason: vregistryv1.ErrorReason_NOT_FOUND_ON_UPSTREAMS.String(), Domain: client.ErrorDomain, Metadata: map[string]string{"registry_id": "r"}},
 		&vregistryv1.ResolveUpstreamFailure{Attempts: []*vregistryv1.UpstreamAttempt{
 			{UpstreamId: "a", Outcome: vregistryv1.AttemptOutcome_ATTEMPT_OUTCOME_NOT_FOUND, Position: 1},
 			{UpstreamId: "b", Outcome: vregistryv1.AttemptOutcome_ATTEMPT_OUTCOME_RATE_LIMITED, Position: 2, RetryAfterSeconds: 7},
@@ -246,7 +247,8 @@ func TestFromErrorDecodesDetails(t *testing.T) {
 	if !ok {
 		t.Fatalf("not an *Error: %v", wrapped)
 	}
-	if e.Code != codes.NotFound || e.Reason != client.ReasonNotFoundOnUpstreams || e.Metadata["registry_id"] != "r" {
+	if e.Code != codes.NotFound || e.Reason != "NOT_FOUND_ON_UPSTREAMS" || e.Metadata["registry_id"] != "r" ||
+		e.ReasonCode() != vregistryv1.ErrorReason_NOT_FOUND_ON_UPSTREAMS {
 		t.Fatalf("decoded %+v", e)
 	}
 	if len(e.Attempts) != 2 || e.Attempts[1].GetRetryAfterSeconds() != 7 {
@@ -271,5 +273,93 @@ func TestCodeName(t *testing.T) {
 		if got := client.CodeName(code); got != want {
 			t.Errorf("CodeName(%v) = %q, want %q", code, got, want)
 		}
+	}
+}
+
+// TestReasonCode: the string on the wire becomes the generated enum, for every value of it.
+func TestReasonCode(t *testing.T) {
+	withInfo := func(reason, domain string) *client.Error {
+		st, err := status.New(codes.FailedPrecondition, "x").WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: domain})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, _ := client.AsError(client.FromError(st.Err()))
+		return e
+	}
+	if len(vregistryv1.ErrorReason_name) < 25 {
+		t.Fatalf("ErrorReason has %d values, want the 24 reasons and UNSPECIFIED", len(vregistryv1.ErrorReason_name))
+	}
+	for number, name := range vregistryv1.ErrorReason_name {
+		if got := withInfo(name, client.ErrorDomain).ReasonCode(); got != vregistryv1.ErrorReason(number) {
+			t.Errorf("reason %q: ReasonCode() = %v, want %v", name, got, vregistryv1.ErrorReason(number))
+		}
+	}
+	// The reasons the Go client had no constant for before the enum.
+	for _, want := range []vregistryv1.ErrorReason{
+		vregistryv1.ErrorReason_UPSTREAM_REALM_REFUSED,
+		vregistryv1.ErrorReason_DEADLINE_EXCEEDED,
+		vregistryv1.ErrorReason_UPSTREAM_RATE_LIMITED,
+	} {
+		if got := withInfo(want.String(), client.ErrorDomain).ReasonCode(); got != want {
+			t.Errorf("ReasonCode() = %v, want %v", got, want)
+		}
+	}
+	unspecified := vregistryv1.ErrorReason_ERROR_REASON_UNSPECIFIED
+	for _, e := range []*client.Error{
+		withInfo("SOMETHING_NEWER", client.ErrorDomain), // a reason from a newer server
+		withInfo("NOT_FOUND", "proxy.example"),          // another domain's reason
+	} {
+		if got := e.ReasonCode(); got != unspecified || e.Reason == "" {
+			t.Errorf("%v: ReasonCode() = %v (Reason %q), want %v and the string kept", e, got, e.Reason, unspecified)
+		}
+	}
+	plain, _ := client.AsError(client.FromError(status.Error(codes.DeadlineExceeded, "late")))
+	if plain.Reason != "" || plain.ReasonCode() != unspecified {
+		t.Errorf("no ErrorInfo: Reason %q, ReasonCode() %v", plain.Reason, plain.ReasonCode())
+	}
+}
+
+// TestDefaultTimeout needs no server: an interceptor records the deadline each call carries.
+func TestDefaultTimeout(t *testing.T) {
+	if client.DefaultTimeout != 30*time.Second {
+		t.Fatalf("DefaultTimeout = %v, want 30s (the same in every client)", client.DefaultTimeout)
+	}
+	var deadline time.Time
+	var hasDeadline bool
+	record := func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ grpc.UnaryInvoker, _ ...grpc.CallOption) error {
+		deadline, hasDeadline = ctx.Deadline()
+		return status.Error(codes.Unavailable, "not sent")
+	}
+	newClient := func(opts ...client.Option) *client.Client {
+		opts = append(opts, client.WithInsecure(), client.WithDialOptions(grpc.WithUnaryInterceptor(record)))
+		c, err := client.New("passthrough:///vregistry.invalid:1", opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	ctx := context.Background()
+
+	before := time.Now()
+	_, _ = newClient().URLFor(ctx, "u", "")
+	if !hasDeadline || deadline.Before(before.Add(client.DefaultTimeout)) || deadline.After(time.Now().Add(client.DefaultTimeout)) {
+		t.Fatalf("default: deadline %v (set %v), want about now+30s", deadline, hasDeadline)
+	}
+	_, _ = newClient(client.WithTimeout(2*time.Second)).URLFor(ctx, "u", "")
+	if left := time.Until(deadline); !hasDeadline || left > 2*time.Second || left < time.Second {
+		t.Fatalf("WithTimeout(2s): %v left (set %v)", left, hasDeadline)
+	}
+	_, _ = newClient(client.WithTimeout(0)).URLFor(ctx, "u", "")
+	if hasDeadline {
+		t.Fatalf("WithTimeout(0): deadline %v, want none", deadline)
+	}
+	// A deadline on the context wins over the default (per call overridable).
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	want, _ := short.Deadline()
+	_, _ = newClient().ResolveUpstream(short, "r", "a/manifests/latest")
+	if !hasDeadline || !deadline.Equal(want) {
+		t.Fatalf("context deadline: got %v, want %v", deadline, want)
 	}
 }

@@ -13,27 +13,15 @@ import (
 // ErrorDomain is the google.rpc.ErrorInfo domain of every vregistry error.
 const ErrorDomain = "vregistry.dev"
 
-// The google.rpc.ErrorInfo reasons the server sends.
-const (
-	ReasonInvalidArgument             = "INVALID_ARGUMENT"
-	ReasonInvalidPath                 = "INVALID_PATH"
-	ReasonUpstreamNotFound            = "UPSTREAM_NOT_FOUND"
-	ReasonRegistryNotFound            = "REGISTRY_NOT_FOUND"
-	ReasonNotFoundOnUpstreams         = "NOT_FOUND_ON_UPSTREAMS"
-	ReasonRegistryHasNoUpstreams      = "REGISTRY_HAS_NO_UPSTREAMS"
-	ReasonUpstreamCredentialsRejected = "UPSTREAM_CREDENTIALS_REJECTED"
-	ReasonUpstreamUnreachable         = "UPSTREAM_UNREACHABLE"
-	ReasonUpstreamProtocolError       = "UPSTREAM_PROTOCOL_ERROR"
-)
-
 // Error is a failed call: the gRPC status plus the details the server attached.
 type Error struct {
 	// Code is the gRPC status code (codes.NotFound, codes.InvalidArgument, ...).
 	Code codes.Code
 	// Message is the status message.
 	Message string
-	// Reason is the google.rpc.ErrorInfo reason (ReasonInvalidPath, ...); empty when the
-	// error did not come from the server (a deadline, a connection failure).
+	// Reason is the google.rpc.ErrorInfo reason as sent, the name of a vregistryv1.ErrorReason
+	// value ("INVALID_PATH", ...); empty when the error did not come from the server (a
+	// deadline, a connection failure). ReasonCode gives it as the generated enum.
 	Reason string
 	// Domain is the ErrorInfo domain, ErrorDomain for server errors.
 	Domain string
@@ -51,6 +39,18 @@ func (e *Error) Error() string {
 		return fmt.Sprintf("vregistry: %s: %s", CodeName(e.Code), e.Message)
 	}
 	return fmt.Sprintf("vregistry: %s (%s): %s", CodeName(e.Code), e.Reason, e.Message)
+}
+
+// ReasonCode is Reason as the generated enum, e.g. vregistryv1.ErrorReason_NOT_FOUND_ON_UPSTREAMS
+// (protos/vregistry/v1/error_reason.proto documents each value). It is
+// vregistryv1.ErrorReason_ERROR_REASON_UNSPECIFIED when the error carried no vregistry ErrorInfo
+// (a client-side deadline, a connection failure, an ErrorInfo of another domain) or a reason
+// this version of the client does not know yet; Reason still holds the string then.
+func (e *Error) ReasonCode() vregistryv1.ErrorReason {
+	if e.Domain != ErrorDomain {
+		return vregistryv1.ErrorReason_ERROR_REASON_UNSPECIFIED
+	}
+	return vregistryv1.ErrorReason(vregistryv1.ErrorReason_value[e.Reason])
 }
 
 // GRPCStatus lets status.FromError and status.Code see through the wrapper.

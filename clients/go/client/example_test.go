@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vregistry/vregistry/clients/go/client"
+	vregistryv1 "github.com/vregistry/vregistry/clients/go/gen/vregistry/v1"
 )
 
 // The README's example; compiled by go vet and go test (it has no Output, so it is not run).
@@ -28,6 +29,9 @@ func ExampleNew() {
 	fmt.Println(url, auth.GetScheme(), auth.GetHeaders()["Authorization"] != "", auth.GetCacheHit())
 	hit, err := c.ResolveUpstream(ctx, "default", "library/alpine/manifests/latest")
 	if e, ok := client.AsError(err); ok {
+		if e.ReasonCode() == vregistryv1.ErrorReason_NOT_FOUND_ON_UPSTREAMS {
+			fmt.Println("on no upstream:", e.Metadata["path"])
+		}
 		fmt.Println(e.Code, e.Reason, e.Metadata)
 		for _, a := range e.Attempts {
 			fmt.Println(a.GetUpstreamId(), a.GetOutcome(), a.GetHttpStatus(), a.GetMessage())

@@ -1,4 +1,4 @@
-"""vregistry_client against a live server described by $VREGISTRY_STACK (tests/test_clients.py).
+"""vregistry_client against a live server described by $VREGISTRY_STACK (tests/system/test_clients.py).
 
 When $VREGISTRY_ANSWERS_DIR is set, the answers go to python.json there for the
 cross-language comparison. Without $VREGISTRY_STACK only the offline tests run.
@@ -18,13 +18,19 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 
-from vregistry_client import Reason, VRegistryClient, VRegistryError
+from vregistry_client import (
+    DEFAULT_TIMEOUT,
+    ERROR_DOMAIN,
+    ErrorReason,
+    VRegistryClient,
+    VRegistryError,
+)
 from vregistry_client.v1 import upstream_service_pb2 as pb
 
 ANSWERS: dict[str, Any] = {}
 live = pytest.mark.skipif(
     not os.environ.get("VREGISTRY_STACK"),
-    reason="VREGISTRY_STACK is not set: run through tests/test_clients.py (make test)",
+    reason="VREGISTRY_STACK is not set: run through tests/system/test_clients.py (make test)",
 )
 
 
@@ -93,7 +99,8 @@ async def test_resolve_upstream_miss_carries_attempts(stack: dict[str, Any]) -> 
             await client.resolve_upstream(case["registry_id"], case["path"])
     error = info.value
     assert error.code == grpc.StatusCode.NOT_FOUND
-    assert error.reason == Reason.NOT_FOUND_ON_UPSTREAMS
+    assert error.reason_code == ErrorReason.NOT_FOUND_ON_UPSTREAMS
+    assert error.reason == ErrorReason.Name(ErrorReason.NOT_FOUND_ON_UPSTREAMS)
     assert error.domain == "vregistry.dev"
     assert [a.position for a in error.attempts] == [1, 2]
     ANSWERS["resolve_miss"] = {
@@ -111,7 +118,7 @@ async def test_invalid_path(stack: dict[str, Any]) -> None:
             await client.url_for(case["upstream_id"], case["path"])
     error = info.value
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.reason == Reason.INVALID_PATH
+    assert error.reason_code == ErrorReason.INVALID_PATH
     assert str(error).startswith("INVALID_ARGUMENT (INVALID_PATH): ")
     ANSWERS["invalid"] = {"code": error.code_name, "reason": error.reason}
 
@@ -124,7 +131,10 @@ async def test_default_and_per_call_timeout(stack: dict[str, Any]) -> None:
             await client.resolve_upstream(case["registry_id"], case["path"])
         assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         # Expired in the client (no details) or refused by the server on arrival.
-        assert info.value.reason in {"", "DEADLINE_EXCEEDED"}
+        assert info.value.reason_code in {
+            ErrorReason.ERROR_REASON_UNSPECIFIED,
+            ErrorReason.DEADLINE_EXCEEDED,
+        }
         # A per-call timeout wins over the client's default.
         url = await client.url_for(stack["url_for"]["upstream_id"], "", timeout=20)
         assert url.endswith("/v2/")
@@ -169,6 +179,7 @@ def test_error_decodes_status_details_offline() -> None:
     )
     assert error.code_name == "NOT_FOUND"
     assert error.reason == "NOT_FOUND_ON_UPSTREAMS" and error.metadata == {"registry_id": "r"}
+    assert error.reason_code == ErrorReason.NOT_FOUND_ON_UPSTREAMS
     assert [a.upstream_id for a in error.attempts] == ["a", "b"]
     assert error.attempts[1].retry_after_seconds == 7
     assert str(error) == "NOT_FOUND (NOT_FOUND_ON_UPSTREAMS): not on any upstream"
@@ -177,4 +188,67 @@ def test_error_decodes_status_details_offline() -> None:
 def test_error_without_details() -> None:
     error = VRegistryError.from_status(grpc.StatusCode.UNAVAILABLE, "connection refused", None)
     assert (error.code_name, error.reason, error.attempts) == ("UNAVAILABLE", "", [])
+    assert error.reason_code == ErrorReason.ERROR_REASON_UNSPECIFIED
     assert str(error) == "UNAVAILABLE: connection refused"
+
+
+def test_reason_code_is_the_generated_enum() -> None:
+    def error(reason: str, domain: str = ERROR_DOMAIN) -> VRegistryError:
+        return VRegistryError(grpc.StatusCode.UNKNOWN, "x", reason=reason, domain=domain)
+
+    assert len(ErrorReason.keys()) >= 25  # UNSPECIFIED and the 24 reasons of error_reason.proto
+    for name, number in ErrorReason.items():
+        assert error(name).reason_code == number
+    # Reasons the hand-written list lacked.
+    assert error("UPSTREAM_REALM_REFUSED").reason_code == ErrorReason.UPSTREAM_REALM_REFUSED
+    assert error("DEADLINE_EXCEEDED").reason_code == ErrorReason.DEADLINE_EXCEEDED
+    assert error("UPSTREAM_RATE_LIMITED").reason_code == ErrorReason.UPSTREAM_RATE_LIMITED
+    # A reason from a newer server, or another domain's: unspecified, the string kept.
+    newer = error("SOMETHING_NEWER")
+    assert newer.reason_code == ErrorReason.ERROR_REASON_UNSPECIFIED
+    assert newer.reason == "SOMETHING_NEWER"
+    assert error("NOT_FOUND", "proxy.example").reason_code == ErrorReason.ERROR_REASON_UNSPECIFIED
+    assert error("", "").reason_code == ErrorReason.ERROR_REASON_UNSPECIFIED
+
+
+async def test_default_deadline_is_30_seconds_and_per_call_overridable() -> None:
+    """A stand-in server records the deadline each call arrives with."""
+    assert DEFAULT_TIMEOUT == 30.0
+    remaining: list[float | None] = []
+
+    async def url_for(
+        request: pb.UrlForRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UrlForResponse:
+        remaining.append(context.time_remaining())
+        return pb.UrlForResponse(url=f"http://upstream.test/v2/{request.path}")
+
+    handler = grpc.method_handlers_generic_handler(
+        "vregistry.v1.UpstreamService",
+        {
+            "UrlFor": grpc.unary_unary_rpc_method_handler(
+                url_for,
+                request_deserializer=pb.UrlForRequest.FromString,
+                response_serializer=pb.UrlForResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with VRegistryClient(f"127.0.0.1:{port}", insecure=True) as client:
+            assert client.timeout == DEFAULT_TIMEOUT
+            await client.url_for("u")
+            await client.url_for("u", timeout=2)
+            await client.url_for("u", timeout=None)
+        async with VRegistryClient(f"127.0.0.1:{port}", insecure=True, timeout=5) as client:
+            await client.url_for("u")
+    finally:
+        await server.stop(None)
+    # The server sees the deadline through the grpc-timeout header, rounded up a little.
+    default, per_call, no_deadline, client_wide = remaining
+    assert default is not None and 25 < default <= 31
+    assert per_call is not None and 0 < per_call <= 3
+    assert no_deadline is None
+    assert client_wide is not None and 3 < client_wide <= 6

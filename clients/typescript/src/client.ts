@@ -20,8 +20,12 @@ import {
 } from "./gen/vregistry/v1/upstream_service";
 import { VRegistryError } from "./errors";
 
-/** Default per-call deadline, in milliseconds. */
-export const DEFAULT_DEADLINE_MS = 10_000;
+/**
+ * Default per-call deadline, in milliseconds: 30 s, the same in every vregistry client. It is
+ * longer than the server's own per-request budget (10 s by default), so a slow upstream comes
+ * back as UNAVAILABLE with the attempts rather than as DEADLINE_EXCEEDED.
+ */
+export const DEFAULT_DEADLINE_MS = 30_000;
 
 /** TLS settings; every field is optional (system roots, no client certificate). */
 export interface TlsOptions {
@@ -45,7 +49,10 @@ export interface VRegistryClientOptions {
   tls?: boolean | TlsOptions;
   /** Ready-made channel credentials; when given, `tls` is ignored. */
   credentials?: ChannelCredentials;
-  /** Deadline of each call unless the call says otherwise; default 10 s. `Infinity`: none. */
+  /**
+   * Deadline of each call unless the call says otherwise; default {@link DEFAULT_DEADLINE_MS}
+   * (30 s). `Infinity`: none.
+   */
   defaultDeadlineMs?: number;
   /** Extra @grpc/grpc-js channel options. */
   channelOptions?: ChannelOptions;

@@ -2,6 +2,7 @@ import { Metadata, status as GrpcStatus, type ServiceError } from "@grpc/grpc-js
 
 import { ErrorInfo } from "./gen/google/rpc/error_details";
 import { Status } from "./gen/google/rpc/status";
+import { ErrorReason, errorReasonFromJSON } from "./gen/vregistry/v1/error_reason";
 import { ResolveUpstreamFailure, type UpstreamAttempt } from "./gen/vregistry/v1/upstream_service";
 
 /** The ErrorInfo domain of every error the vregistry service sends. */
@@ -83,12 +84,24 @@ export function statusCodeName(code: number): string {
 }
 
 /**
+ * The ErrorInfo reason string as the generated {@link ErrorReason} enum:
+ * `ERROR_REASON_UNSPECIFIED` when there was no vregistry ErrorInfo (empty reason, or another
+ * domain), `UNRECOGNIZED` for a reason this version of the client does not know yet.
+ */
+function reasonCodeOf(reason: string, domain: string): ErrorReason {
+  if (reason === "" || domain !== ERROR_DOMAIN) {
+    return ErrorReason.ERROR_REASON_UNSPECIFIED;
+  }
+  return errorReasonFromJSON(reason);
+}
+
+/**
  * A failed vregistry call: the gRPC status plus what the server's error details said.
  *
  * ```ts
  * try { await client.resolveUpstream({ registryId: "default", path }); }
  * catch (e) {
- *   if (e instanceof VRegistryError && e.reason === "NOT_FOUND_ON_UPSTREAMS") {
+ *   if (e instanceof VRegistryError && e.reasonCode === ErrorReason.NOT_FOUND_ON_UPSTREAMS) {
  *     for (const a of e.attempts) console.log(a.upstreamId, attemptOutcomeToJSON(a.outcome));
  *   }
  * }
@@ -101,8 +114,16 @@ export class VRegistryError extends Error {
   readonly codeName: string;
   /** The server's status message. */
   readonly details: string;
-  /** ErrorInfo.reason, e.g. "INVALID_PATH"; "" when the server sent no ErrorInfo. */
+  /** ErrorInfo.reason as sent, e.g. "INVALID_PATH"; "" when the server sent no ErrorInfo. */
   readonly reason: string;
+  /**
+   * `reason` as the generated enum, e.g. `ErrorReason.INVALID_PATH`
+   * (protos/vregistry/v1/error_reason.proto documents each value): `ERROR_REASON_UNSPECIFIED`
+   * when the error carried no vregistry ErrorInfo (a client-side deadline, a refused
+   * connection, an ErrorInfo of another domain), `UNRECOGNIZED` for a reason newer than this
+   * client (`reason` still has the string).
+   */
+  readonly reasonCode: ErrorReason;
   /** ErrorInfo.domain, "vregistry.dev" for this service; "" when absent. */
   readonly domain: string;
   /** ErrorInfo.metadata. */
@@ -129,6 +150,7 @@ export class VRegistryError extends Error {
     this.codeName = codeName;
     this.details = init.details;
     this.reason = decoded.reason;
+    this.reasonCode = reasonCodeOf(decoded.reason, decoded.domain);
     this.domain = decoded.domain;
     this.metadata = decoded.metadata;
     this.attempts = decoded.attempts;

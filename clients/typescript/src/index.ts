@@ -14,6 +14,8 @@ export {
   VRegistryError,
 } from "./errors";
 export * from "./gen/vregistry/v1/upstream_service";
+/** The error reasons (ErrorInfo.reason) as the generated enum, with its JSON (name) helpers. */
+export { ErrorReason, errorReasonFromJSON, errorReasonToJSON } from "./gen/vregistry/v1/error_reason";
 export { ErrorInfo } from "./gen/google/rpc/error_details";
 export { Status } from "./gen/google/rpc/status";
 export { status as GrpcStatus, Metadata } from "@grpc/grpc-js";

@@ -1,5 +1,5 @@
 // The cross-language contract, against a LIVE vregistry server described by the stack file
-// at $VREGISTRY_STACK (written by tests/test_clients.py). Skipped only when that variable is
+// at $VREGISTRY_STACK (written by tests/system/test_clients.py). Skipped only when that variable is
 // unset. With $VREGISTRY_ANSWERS_DIR set, the answers go to <dir>/typescript.json so they
 // can be compared with the other languages' clients.
 import assert from "node:assert/strict";
@@ -7,7 +7,13 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 
-import { attemptOutcomeToJSON, type UpstreamAttempt, VRegistryClient, VRegistryError } from "../src/index";
+import {
+  attemptOutcomeToJSON,
+  ErrorReason,
+  type UpstreamAttempt,
+  VRegistryClient,
+  VRegistryError,
+} from "../src/index";
 
 interface Stack {
   target: string;
@@ -115,7 +121,7 @@ describe("live vregistry server", () => {
     const miss = stack.resolve_miss;
     const error = await rejection(client.resolveUpstream({ registryId: miss.registry_id, path: miss.path }));
     assert.equal(error.codeName, "NOT_FOUND");
-    assert.equal(error.reason, "NOT_FOUND_ON_UPSTREAMS");
+    assert.equal(error.reasonCode, ErrorReason.NOT_FOUND_ON_UPSTREAMS);
     assert.equal(error.domain, "vregistry.dev");
     assert.deepEqual(outcomes(error.attempts), [
       ["open", "ATTEMPT_OUTCOME_NOT_FOUND"],
@@ -128,7 +134,7 @@ describe("live vregistry server", () => {
     const invalid = stack.invalid;
     const error = await rejection(client.urlFor({ upstreamId: invalid.upstream_id, path: invalid.path }));
     assert.equal(error.codeName, "INVALID_ARGUMENT");
-    assert.equal(error.reason, "INVALID_PATH");
+    assert.equal(error.reasonCode, ErrorReason.INVALID_PATH);
     assert.equal(error.domain, "vregistry.dev");
     answers.invalid = { code: error.codeName, reason: error.reason };
   });

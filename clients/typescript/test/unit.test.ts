@@ -16,8 +16,11 @@ import {
 import {
   AttemptOutcome,
   attemptOutcomeToJSON,
+  DEFAULT_DEADLINE_MS,
   decodeStatusDetails,
   ErrorInfo,
+  ErrorReason,
+  errorReasonToJSON,
   ResolveUpstreamFailure,
   Status,
   type GetAuthHeadersRequest,
@@ -31,11 +34,17 @@ import {
   VRegistryError,
 } from "../src/index";
 
-function statusTrailer(code: number, message: string, reason: string, failure?: ResolveUpstreamFailure): Metadata {
+function statusTrailer(
+  code: number,
+  message: string,
+  reason: string,
+  failure?: ResolveUpstreamFailure,
+  domain = "vregistry.dev",
+): Metadata {
   const details = [
     {
       typeUrl: "type.googleapis.com/google.rpc.ErrorInfo",
-      value: Buffer.from(ErrorInfo.encode({ reason, domain: "vregistry.dev", metadata: { registry_id: "r" } }).finish()),
+      value: Buffer.from(ErrorInfo.encode({ reason, domain, metadata: { registry_id: "r" } }).finish()),
     },
   ];
   if (failure) {
@@ -62,10 +71,19 @@ const attempt = (upstreamId: string, position: number, outcome: AttemptOutcome) 
 describe("VRegistryClient against a stand-in server", () => {
   const server = new Server();
   let client: VRegistryClient;
+  let boundPort = 0;
 
   before(async () => {
     server.addService(UpstreamServiceService, {
       urlFor(call: ServerUnaryCall<UrlForRequest, UrlForResponse>, callback: sendUnaryData<UrlForResponse>) {
+        if (call.request.upstreamId === "deadline") {
+          // Echo how many milliseconds the call's deadline leaves ("Infinity": none). A grpc-js
+          // Deadline is a Date or an epoch-milliseconds number (Infinity without a deadline).
+          const deadline = call.getDeadline();
+          const left = (deadline instanceof Date ? deadline.getTime() : deadline) - Date.now();
+          callback(null, { url: String(left) });
+          return;
+        }
         const who = call.metadata.get("x-caller")[0] ?? "";
         callback(null, { url: `http://upstream.test/v2/${call.request.path}#${call.request.upstreamId}${who}` });
       },
@@ -94,7 +112,11 @@ describe("VRegistryClient against a stand-in server", () => {
           callback({
             code: status.INVALID_ARGUMENT,
             details: "invalid path",
-            metadata: statusTrailer(status.INVALID_ARGUMENT, "invalid path", "INVALID_PATH"),
+            metadata: statusTrailer(
+              status.INVALID_ARGUMENT,
+              "invalid path",
+              errorReasonToJSON(ErrorReason.INVALID_PATH),
+            ),
           });
           return;
         }
@@ -107,7 +129,12 @@ describe("VRegistryClient against a stand-in server", () => {
         callback({
           code: status.NOT_FOUND,
           details: "not found on any upstream",
-          metadata: statusTrailer(status.NOT_FOUND, "not found on any upstream", "NOT_FOUND_ON_UPSTREAMS", failure),
+          metadata: statusTrailer(
+            status.NOT_FOUND,
+            "not found on any upstream",
+            errorReasonToJSON(ErrorReason.NOT_FOUND_ON_UPSTREAMS),
+            failure,
+          ),
         });
       },
     });
@@ -116,6 +143,7 @@ describe("VRegistryClient against a stand-in server", () => {
         error ? reject(error) : resolve(bound),
       ),
     );
+    boundPort = port;
     client = new VRegistryClient({ target: `127.0.0.1:${port}`, tls: false, defaultDeadlineMs: 5_000 });
     await client.waitForReady();
   });
@@ -149,6 +177,7 @@ describe("VRegistryClient against a stand-in server", () => {
     assert.equal(error.code, status.DEADLINE_EXCEEDED);
     assert.equal(error.codeName, "DEADLINE_EXCEEDED");
     assert.equal(error.reason, "");
+    assert.equal(error.reasonCode, ErrorReason.ERROR_REASON_UNSPECIFIED);
     assert.deepEqual(error.attempts, []);
   });
 
@@ -170,6 +199,7 @@ describe("VRegistryClient against a stand-in server", () => {
     assert.equal(error.codeName, "NOT_FOUND");
     assert.equal(error.details, "not found on any upstream");
     assert.equal(error.reason, "NOT_FOUND_ON_UPSTREAMS");
+    assert.equal(error.reasonCode, ErrorReason.NOT_FOUND_ON_UPSTREAMS);
     assert.equal(error.domain, "vregistry.dev");
     assert.deepEqual(error.metadata, { registry_id: "r" });
     assert.deepEqual(
@@ -189,8 +219,59 @@ describe("VRegistryClient against a stand-in server", () => {
       .then(() => assert.fail("expected INVALID_ARGUMENT"), (e: unknown) => e);
     assert.ok(error instanceof VRegistryError);
     assert.equal(error.codeName, "INVALID_ARGUMENT");
-    assert.equal(error.reason, "INVALID_PATH");
+    assert.equal(error.reasonCode, ErrorReason.INVALID_PATH);
     assert.deepEqual(error.attempts, []);
+  });
+
+  it("applies the 30 s default deadline unless the client or the call sets another", async () => {
+    assert.equal(DEFAULT_DEADLINE_MS, 30_000);
+    const left = async (c: VRegistryClient, deadlineMs?: number): Promise<number> =>
+      Number((await c.urlFor({ upstreamId: "deadline" }, deadlineMs === undefined ? {} : { deadlineMs })).url);
+    const target = `127.0.0.1:${boundPort}`;
+    const plain = new VRegistryClient({ target, tls: false });
+    const none = new VRegistryClient({ target, tls: false, defaultDeadlineMs: Infinity });
+    try {
+      const byDefault = await left(plain);
+      assert.ok(byDefault > 25_000 && byDefault <= 31_000, `default deadline leaves ${byDefault} ms`);
+      const perCall = await left(plain, 2_000);
+      assert.ok(perCall > 0 && perCall <= 3_000, `per-call deadline leaves ${perCall} ms`);
+      const clientWide = await left(client); // this suite's client: defaultDeadlineMs 5_000
+      assert.ok(clientWide > 3_000 && clientWide <= 6_000, `client deadline leaves ${clientWide} ms`);
+      assert.equal(await left(none), Infinity);
+    } finally {
+      plain.close();
+      none.close();
+    }
+  });
+});
+
+describe("VRegistryError.reasonCode", () => {
+  const errorWith = (reason: string, domain = "vregistry.dev") =>
+    new VRegistryError({
+      code: status.FAILED_PRECONDITION,
+      details: "x",
+      trailers: statusTrailer(status.FAILED_PRECONDITION, "x", reason, undefined, domain),
+    });
+
+  it("is the generated enum for every reason of the contract", () => {
+    const values = Object.values(ErrorReason).filter(
+      (value): value is ErrorReason => typeof value === "number" && value !== ErrorReason.UNRECOGNIZED,
+    );
+    assert.ok(values.length >= 25, `ErrorReason has ${values.length} values`);
+    for (const value of values) {
+      assert.equal(errorWith(errorReasonToJSON(value)).reasonCode, value);
+    }
+    assert.equal(errorWith("UPSTREAM_REALM_REFUSED").reasonCode, ErrorReason.UPSTREAM_REALM_REFUSED);
+    assert.equal(errorWith("UPSTREAM_RATE_LIMITED").reasonCode, ErrorReason.UPSTREAM_RATE_LIMITED);
+  });
+
+  it("is UNRECOGNIZED for a newer reason and UNSPECIFIED without a vregistry ErrorInfo", () => {
+    const newer = errorWith("SOMETHING_NEWER");
+    assert.equal(newer.reasonCode, ErrorReason.UNRECOGNIZED);
+    assert.equal(newer.reason, "SOMETHING_NEWER");
+    assert.equal(errorWith("NOT_FOUND", "proxy.example").reasonCode, ErrorReason.ERROR_REASON_UNSPECIFIED);
+    const plain = new VRegistryError({ code: status.UNAVAILABLE, details: "down" });
+    assert.equal(plain.reasonCode, ErrorReason.ERROR_REASON_UNSPECIFIED);
   });
 });
 

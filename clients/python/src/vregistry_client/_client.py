@@ -13,6 +13,9 @@ from vregistry_client._errors import VRegistryError
 from vregistry_client.v1 import upstream_service_pb2 as pb
 from vregistry_client.v1 import upstream_service_pb2_grpc as pb_grpc
 
+# The default deadline of every call, in seconds; the same in every vregistry client. It is
+# longer than the server's own per-request budget (10 s by default), so a slow upstream comes
+# back as UNAVAILABLE with the attempts rather than as DEADLINE_EXCEEDED.
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -31,8 +34,9 @@ class VRegistryClient:
     ``grpc.ssl_channel_credentials()`` (system roots); pass your own for a private CA or
     mTLS. ``insecure=True`` asks for a plaintext channel (loopback, or a mesh sidecar
     doing mTLS).
-    ``timeout``: the default deadline of every call, in seconds (``None``: no deadline); each
-    method also takes ``timeout=`` for that call. ``options``: gRPC channel arguments.
+    ``timeout``: the default deadline of every call, in seconds (default
+    :data:`DEFAULT_TIMEOUT`, 30; ``None``: no deadline); each method also takes ``timeout=``
+    for that call. ``options``: gRPC channel arguments.
     Failed calls raise :class:`VRegistryError`.
     """
 

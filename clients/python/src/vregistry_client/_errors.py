@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import StrEnum
 from typing import Any
 
 import google.rpc.error_details_pb2 as error_details_pb2
@@ -11,23 +10,10 @@ import google.rpc.status_pb2 as status_pb2
 import grpc
 
 from vregistry_client.v1 import upstream_service_pb2 as pb
+from vregistry_client.v1.error_reason_pb2 import ErrorReason
 
 ERROR_DOMAIN = "vregistry.dev"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
-
-
-class Reason(StrEnum):
-    """The google.rpc.ErrorInfo reasons the server sends."""
-
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    INVALID_PATH = "INVALID_PATH"
-    UPSTREAM_NOT_FOUND = "UPSTREAM_NOT_FOUND"
-    REGISTRY_NOT_FOUND = "REGISTRY_NOT_FOUND"
-    NOT_FOUND_ON_UPSTREAMS = "NOT_FOUND_ON_UPSTREAMS"
-    REGISTRY_HAS_NO_UPSTREAMS = "REGISTRY_HAS_NO_UPSTREAMS"
-    UPSTREAM_CREDENTIALS_REJECTED = "UPSTREAM_CREDENTIALS_REJECTED"
-    UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
-    UPSTREAM_PROTOCOL_ERROR = "UPSTREAM_PROTOCOL_ERROR"
 
 
 class VRegistryError(Exception):
@@ -35,8 +21,9 @@ class VRegistryError(Exception):
 
     ``code`` is the gRPC status code, ``reason``/``domain``/``metadata`` come from the
     google.rpc.ErrorInfo detail (empty when the error did not come from the server, e.g. a
-    deadline), and ``attempts`` is every upstream's outcome of a failed ResolveUpstream, in
-    position order (from the vregistry.v1.ResolveUpstreamFailure detail).
+    deadline), ``reason_code`` is ``reason`` as the generated :data:`ErrorReason` enum, and
+    ``attempts`` is every upstream's outcome of a failed ResolveUpstream, in position order
+    (from the vregistry.v1.ResolveUpstreamFailure detail).
     """
 
     def __init__(
@@ -56,6 +43,21 @@ class VRegistryError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.attempts: list[pb.UpstreamAttempt] = list(attempts or [])
         super().__init__(str(self))
+
+    @property
+    def reason_code(self) -> ErrorReason.ValueType:
+        """``reason`` as the generated enum, e.g. ``ErrorReason.NOT_FOUND_ON_UPSTREAMS``.
+
+        ``ErrorReason.ERROR_REASON_UNSPECIFIED`` when the error carried no vregistry ErrorInfo
+        (a client-side deadline, a refused connection, an ErrorInfo of another domain) or a
+        reason this version of the client does not know yet; ``reason`` still has the string.
+        """
+        if self.domain != ERROR_DOMAIN or not self.reason:
+            return ErrorReason.ERROR_REASON_UNSPECIFIED
+        try:
+            return ErrorReason.Value(self.reason)
+        except ValueError:
+            return ErrorReason.ERROR_REASON_UNSPECIFIED
 
     @property
     def code_name(self) -> str:

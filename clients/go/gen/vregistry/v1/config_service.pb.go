@@ -231,9 +231,15 @@ type UpstreamConfig struct {
 	// Output only: when the upstream was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only: when the upstream was last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Token realm hosts trusted beyond the upstream's own host and registrable
+	// domain (see ErrorReason.UPSTREAM_REALM_REFUSED): host names such as
+	// "auth.example.com", or "*.example.com" for any host below example.com;
+	// no scheme, port or path; at most 32. Empty: only the upstream's own host
+	// and registrable domain may receive its credentials.
+	RealmAllowHosts []string `protobuf:"bytes,15,rep,name=realm_allow_hosts,json=realmAllowHosts,proto3" json:"realm_allow_hosts,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UpstreamConfig) Reset() {
@@ -360,6 +366,13 @@ func (x *UpstreamConfig) GetCreateTime() *timestamppb.Timestamp {
 func (x *UpstreamConfig) GetUpdateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *UpstreamConfig) GetRealmAllowHosts() []string {
+	if x != nil {
+		return x.RealmAllowHosts
 	}
 	return nil
 }
@@ -850,9 +863,11 @@ type UpdateUpstreamRequest struct {
 	Upstream *UpstreamConfig `protobuf:"bytes,1,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	// The fields to change: display_name, url, description, username,
 	// password, credentials (both), cache_validity_hours, allow_http,
-	// token_flow, client_id; "*" for all. Empty means every field set in the
-	// request. Changing url clears the credentials unless new ones come in
-	// the same update; username and password both empty clear them.
+	// token_flow, client_id, realm_allow_hosts; "*" for all. Empty means every
+	// field set in the request (so an empty realm_allow_hosts clears the list
+	// only when the mask names it). Changing url clears the credentials unless
+	// new ones come in the same update; username and password both empty clear
+	// them.
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2162,7 +2177,7 @@ var File_vregistry_v1_config_service_proto protoreflect.FileDescriptor
 
 const file_vregistry_v1_config_service_proto_rawDesc = "" +
 	"\n" +
-	"!vregistry/v1/config_service.proto\x12\fvregistry.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x04\n" +
+	"!vregistry/v1/config_service.proto\x12\fvregistry.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x04\n" +
 	"\x0eUpstreamConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x10\n" +
@@ -2182,7 +2197,8 @@ const file_vregistry_v1_config_service_proto_rawDesc = "" +
 	"\vcreate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTimeB\x17\n" +
+	"updateTime\x12*\n" +
+	"\x11realm_allow_hosts\x18\x0f \x03(\tR\x0frealmAllowHostsB\x17\n" +
 	"\x15_cache_validity_hours\"H\n" +
 	"\x0eRegistryMember\x12\x1a\n" +
 	"\bupstream\x18\x01 \x01(\tR\bupstream\x12\x1a\n" +

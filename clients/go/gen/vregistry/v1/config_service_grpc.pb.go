@@ -57,10 +57,9 @@ const (
 // username; UpstreamConfig.has_credentials says whether they are set.
 //
 // Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-// "vregistry.dev"): INVALID_ARGUMENT (reason INVALID_ARGUMENT), NOT_FOUND
-// (UPSTREAM_NOT_FOUND, REGISTRY_NOT_FOUND), ALREADY_EXISTS (ALREADY_EXISTS,
-// DUPLICATE_UPSTREAM), ABORTED (ETAG_MISMATCH), FAILED_PRECONDITION
-// (LIMIT_REACHED, UPSTREAM_IN_USE).
+// "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+// value (error_reason.proto says when each is sent, with which code, and what
+// to do).
 type ConfigServiceClient interface {
 	// CreateUpstream adds an upstream to a group.
 	CreateUpstream(ctx context.Context, in *CreateUpstreamRequest, opts ...grpc.CallOption) (*CreateUpstreamResponse, error)
@@ -267,10 +266,9 @@ func (c *configServiceClient) ReorderUpstreams(ctx context.Context, in *ReorderU
 // username; UpstreamConfig.has_credentials says whether they are set.
 //
 // Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-// "vregistry.dev"): INVALID_ARGUMENT (reason INVALID_ARGUMENT), NOT_FOUND
-// (UPSTREAM_NOT_FOUND, REGISTRY_NOT_FOUND), ALREADY_EXISTS (ALREADY_EXISTS,
-// DUPLICATE_UPSTREAM), ABORTED (ETAG_MISMATCH), FAILED_PRECONDITION
-// (LIMIT_REACHED, UPSTREAM_IN_USE).
+// "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+// value (error_reason.proto says when each is sent, with which code, and what
+// to do).
 type ConfigServiceServer interface {
 	// CreateUpstream adds an upstream to a group.
 	CreateUpstream(context.Context, *CreateUpstreamRequest) (*CreateUpstreamResponse, error)

@@ -33,11 +33,10 @@ const (
 // which upstream of an ordered registry actually has a manifest or blob.
 //
 // Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-// "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
-// REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
-// UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-// NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
-// ResolveUpstreamFailure detail with every upstream's attempt.
+// "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+// value (error_reason.proto says when each is sent, with which code, and what
+// to do). A failed ResolveUpstream also carries a ResolveUpstreamFailure
+// detail with every upstream's attempt.
 type UpstreamServiceClient interface {
 	// UrlFor returns "{upstream url}/v2/{path}" after checking the path against
 	// the OCI distribution grammar.
@@ -97,11 +96,10 @@ func (c *upstreamServiceClient) ResolveUpstream(ctx context.Context, in *Resolve
 // which upstream of an ordered registry actually has a manifest or blob.
 //
 // Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-// "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
-// REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
-// UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-// NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
-// ResolveUpstreamFailure detail with every upstream's attempt.
+// "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+// value (error_reason.proto says when each is sent, with which code, and what
+// to do). A failed ResolveUpstream also carries a ResolveUpstreamFailure
+// detail with every upstream's attempt.
 type UpstreamServiceServer interface {
 	// UrlFor returns "{upstream url}/v2/{path}" after checking the path against
 	// the OCI distribution grammar.

@@ -129,6 +129,7 @@ class UpstreamConfig(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REALM_ALLOW_HOSTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "groups/{group}/upstreams/{upstream}"; output only
     (the group and id come from the create request).
@@ -173,6 +174,15 @@ class UpstreamConfig(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when the upstream was last changed."""
 
+    @_builtins.property
+    def realm_allow_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Token realm hosts trusted beyond the upstream's own host and registrable
+        domain (see ErrorReason.UPSTREAM_REALM_REFUSED): host names such as
+        "auth.example.com", or "*.example.com" for any host below example.com;
+        no scheme, port or path; at most 32. Empty: only the upstream's own host
+        and registrable domain may receive its credentials.
+        """
+
     def __init__(
         self,
         *,
@@ -190,10 +200,11 @@ class UpstreamConfig(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        realm_allow_hosts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_validity_hours", b"_cache_validity_hours", "cache_validity_hours", b"cache_validity_hours", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_validity_hours", b"_cache_validity_hours", "allow_http", b"allow_http", "cache_validity_hours", b"cache_validity_hours", "client_id", b"client_id", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "has_credentials", b"has_credentials", "name", b"name", "password", b"password", "token_flow", b"token_flow", "update_time", b"update_time", "url", b"url", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_validity_hours", b"_cache_validity_hours", "allow_http", b"allow_http", "cache_validity_hours", b"cache_validity_hours", "client_id", b"client_id", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "has_credentials", b"has_credentials", "name", b"name", "password", b"password", "realm_allow_hosts", b"realm_allow_hosts", "token_flow", b"token_flow", "update_time", b"update_time", "url", b"url", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cache_validity_hours: _TypeAlias = _typing.Literal["cache_validity_hours"]  # noqa: Y015
     _WhichOneofArgType__cache_validity_hours: _TypeAlias = _typing.Literal["_cache_validity_hours", b"_cache_validity_hours"]  # noqa: Y015
@@ -461,9 +472,11 @@ class UpdateUpstreamRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields to change: display_name, url, description, username,
         password, credentials (both), cache_validity_hours, allow_http,
-        token_flow, client_id; "*" for all. Empty means every field set in the
-        request. Changing url clears the credentials unless new ones come in
-        the same update; username and password both empty clear them.
+        token_flow, client_id, realm_allow_hosts; "*" for all. Empty means every
+        field set in the request (so an empty realm_allow_hosts clears the list
+        only when the mask names it). Changing url clears the credentials unless
+        new ones come in the same update; username and password both empty clear
+        them.
         """
 
     def __init__(

@@ -43,10 +43,9 @@ class ConfigServiceStub:
     username; UpstreamConfig.has_credentials says whether they are set.
 
     Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-    "vregistry.dev"): INVALID_ARGUMENT (reason INVALID_ARGUMENT), NOT_FOUND
-    (UPSTREAM_NOT_FOUND, REGISTRY_NOT_FOUND), ALREADY_EXISTS (ALREADY_EXISTS,
-    DUPLICATE_UPSTREAM), ABORTED (ETAG_MISMATCH), FAILED_PRECONDITION
-    (LIMIT_REACHED, UPSTREAM_IN_USE).
+    "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+    value (error_reason.proto says when each is sent, with which code, and what
+    to do).
     """
 
     def __init__(self, channel):
@@ -145,10 +144,9 @@ class ConfigServiceServicer:
     username; UpstreamConfig.has_credentials says whether they are set.
 
     Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-    "vregistry.dev"): INVALID_ARGUMENT (reason INVALID_ARGUMENT), NOT_FOUND
-    (UPSTREAM_NOT_FOUND, REGISTRY_NOT_FOUND), ALREADY_EXISTS (ALREADY_EXISTS,
-    DUPLICATE_UPSTREAM), ABORTED (ETAG_MISMATCH), FAILED_PRECONDITION
-    (LIMIT_REACHED, UPSTREAM_IN_USE).
+    "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+    value (error_reason.proto says when each is sent, with which code, and what
+    to do).
     """
 
     def CreateUpstream(self, request, context):
@@ -353,10 +351,9 @@ class ConfigService:
     username; UpstreamConfig.has_credentials says whether they are set.
 
     Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-    "vregistry.dev"): INVALID_ARGUMENT (reason INVALID_ARGUMENT), NOT_FOUND
-    (UPSTREAM_NOT_FOUND, REGISTRY_NOT_FOUND), ALREADY_EXISTS (ALREADY_EXISTS,
-    DUPLICATE_UPSTREAM), ABORTED (ETAG_MISMATCH), FAILED_PRECONDITION
-    (LIMIT_REACHED, UPSTREAM_IN_USE).
+    "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+    value (error_reason.proto says when each is sent, with which code, and what
+    to do).
     """
 
     @staticmethod

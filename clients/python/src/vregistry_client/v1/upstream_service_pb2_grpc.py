@@ -31,11 +31,10 @@ class UpstreamServiceStub:
     which upstream of an ordered registry actually has a manifest or blob.
 
     Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-    "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
-    REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
-    UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
-    ResolveUpstreamFailure detail with every upstream's attempt.
+    "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+    value (error_reason.proto says when each is sent, with which code, and what
+    to do). A failed ResolveUpstream also carries a ResolveUpstreamFailure
+    detail with every upstream's attempt.
     """
 
     def __init__(self, channel):
@@ -67,11 +66,10 @@ class UpstreamServiceServicer:
     which upstream of an ordered registry actually has a manifest or blob.
 
     Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-    "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
-    REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
-    UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
-    ResolveUpstreamFailure detail with every upstream's attempt.
+    "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+    value (error_reason.proto says when each is sent, with which code, and what
+    to do). A failed ResolveUpstream also carries a ResolveUpstreamFailure
+    detail with every upstream's attempt.
     """
 
     def UrlFor(self, request, context):
@@ -130,11 +128,10 @@ class UpstreamService:
     which upstream of an ordered registry actually has a manifest or blob.
 
     Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
-    "vregistry.dev") whose reason is one of: UPSTREAM_NOT_FOUND,
-    REGISTRY_NOT_FOUND, INVALID_PATH, REGISTRY_HAS_NO_UPSTREAMS,
-    UPSTREAM_CREDENTIALS_REJECTED, UPSTREAM_UNREACHABLE, UPSTREAM_PROTOCOL_ERROR,
-    NOT_FOUND_ON_UPSTREAMS, UPSTREAM_REALM_REFUSED, DEADLINE_EXCEEDED. A failed ResolveUpstream also carries a
-    ResolveUpstreamFailure detail with every upstream's attempt.
+    "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+    value (error_reason.proto says when each is sent, with which code, and what
+    to do). A failed ResolveUpstream also carries a ResolveUpstreamFailure
+    detail with every upstream's attempt.
     """
 
     @staticmethod

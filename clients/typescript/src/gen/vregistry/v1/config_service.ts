@@ -229,7 +229,17 @@ export interface UpstreamConfig {
     | Date
     | undefined;
   /** Output only: when the upstream was last changed. */
-  updateTime: Date | undefined;
+  updateTime:
+    | Date
+    | undefined;
+  /**
+   * Token realm hosts trusted beyond the upstream's own host and registrable
+   * domain (see ErrorReason.UPSTREAM_REALM_REFUSED): host names such as
+   * "auth.example.com", or "*.example.com" for any host below example.com;
+   * no scheme, port or path; at most 32. Empty: only the upstream's own host
+   * and registrable domain may receive its credentials.
+   */
+  realmAllowHosts: string[];
 }
 
 /** RegistryMember is one upstream's place in a registry. */
@@ -324,9 +334,11 @@ export interface UpdateUpstreamRequest {
   /**
    * The fields to change: display_name, url, description, username,
    * password, credentials (both), cache_validity_hours, allow_http,
-   * token_flow, client_id; "*" for all. Empty means every field set in the
-   * request. Changing url clears the credentials unless new ones come in
-   * the same update; username and password both empty clear them.
+   * token_flow, client_id, realm_allow_hosts; "*" for all. Empty means every
+   * field set in the request (so an empty realm_allow_hosts clears the list
+   * only when the mask names it). Changing url clears the credentials unless
+   * new ones come in the same update; username and password both empty clear
+   * them.
    */
   updateMask: string[] | undefined;
 }
@@ -546,6 +558,7 @@ function createBaseUpstreamConfig(): UpstreamConfig {
     etag: "",
     createTime: undefined,
     updateTime: undefined,
+    realmAllowHosts: [],
   };
 }
 
@@ -592,6 +605,9 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
     }
     if (message.updateTime !== undefined) {
       Timestamp.encode(toTimestamp(message.updateTime), writer.uint32(114).fork()).join();
+    }
+    for (const v of message.realmAllowHosts) {
+      writer.uint32(122).string(v!);
     }
     return writer;
   },
@@ -721,6 +737,14 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
             message.updateTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.realmAllowHosts.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -781,6 +805,11 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
         : isSet(object.update_time)
         ? fromJsonTimestamp(object.update_time)
         : undefined,
+      realmAllowHosts: globalThis.Array.isArray(object?.realmAllowHosts)
+        ? object.realmAllowHosts.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.realm_allow_hosts)
+        ? object.realm_allow_hosts.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -828,6 +857,9 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
     if (message.updateTime !== undefined) {
       obj.updateTime = message.updateTime.toISOString();
     }
+    if (message.realmAllowHosts?.length) {
+      obj.realmAllowHosts = message.realmAllowHosts;
+    }
     return obj;
   },
 
@@ -850,6 +882,7 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
     message.etag = object.etag ?? "";
     message.createTime = object.createTime ?? undefined;
     message.updateTime = object.updateTime ?? undefined;
+    message.realmAllowHosts = object.realmAllowHosts?.map((e) => e) || [];
     return message;
   },
 };
@@ -3672,10 +3705,9 @@ export const ReorderUpstreamsResponse: MessageFns<ReorderUpstreamsResponse> = {
  * username; UpstreamConfig.has_credentials says whether they are set.
  *
  * Errors travel as google.rpc.Status with a google.rpc.ErrorInfo (domain
- * "vregistry.dev"): INVALID_ARGUMENT (reason INVALID_ARGUMENT), NOT_FOUND
- * (UPSTREAM_NOT_FOUND, REGISTRY_NOT_FOUND), ALREADY_EXISTS (ALREADY_EXISTS,
- * DUPLICATE_UPSTREAM), ABORTED (ETAG_MISMATCH), FAILED_PRECONDITION
- * (LIMIT_REACHED, UPSTREAM_IN_USE).
+ * "vregistry.dev") whose reason is the name of a vregistry.v1.ErrorReason
+ * value (error_reason.proto says when each is sent, with which code, and what
+ * to do).
  */
 export type ConfigServiceService = typeof ConfigServiceService;
 export const ConfigServiceService = {

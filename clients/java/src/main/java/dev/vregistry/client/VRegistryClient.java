@@ -43,8 +43,13 @@ import java.util.concurrent.TimeUnit;
  * #futureStub()} for anything this wrapper does not cover.
  */
 public final class VRegistryClient implements AutoCloseable {
-  /** The deadline of each call unless the builder or the call says otherwise. */
-  public static final Duration DEFAULT_DEADLINE = Duration.ofSeconds(10);
+  /**
+   * The deadline of each call unless the builder or the call says otherwise: 30 seconds, the same
+   * in every vregistry client. It is longer than the server's own per-request budget (10 s by
+   * default), so a slow upstream comes back as UNAVAILABLE with the attempts rather than as
+   * DEADLINE_EXCEEDED.
+   */
+  public static final Duration DEFAULT_DEADLINE = Duration.ofSeconds(30);
 
   private final ManagedChannel channel;
   private final boolean ownsChannel;
@@ -292,7 +297,7 @@ public final class VRegistryClient implements AutoCloseable {
       return this;
     }
 
-    /** The deadline of each call that does not pass its own; default 10 seconds. */
+    /** The deadline of each call that does not pass its own; default {@link #DEFAULT_DEADLINE}, 30 s. */
     public Builder defaultDeadline(Duration deadline) {
       Objects.requireNonNull(deadline, "deadline");
       if (deadline.isNegative() || deadline.isZero()) {

@@ -3,6 +3,7 @@ package dev.vregistry.client;
 import com.google.protobuf.Any;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.ErrorInfo;
+import dev.vregistry.v1.ErrorReason;
 import dev.vregistry.v1.ResolveUpstreamFailure;
 import dev.vregistry.v1.UpstreamAttempt;
 import io.grpc.Metadata;
@@ -18,13 +19,14 @@ import java.util.Optional;
  * <p>The server attaches a {@code google.rpc.Status} in the {@code grpc-status-details-bin}
  * trailer, with a {@code google.rpc.ErrorInfo} (domain {@value #DOMAIN}) whose reason says why,
  * and, for a failed ResolveUpstream, a {@code vregistry.v1.ResolveUpstreamFailure} listing every
- * upstream's attempt.
+ * upstream's attempt. {@link #getReasonCode()} gives the reason as the generated {@link
+ * ErrorReason} enum.
  *
  * <pre>{@code
  * try {
  *   client.resolveUpstream("default", "library/alpine/manifests/latest");
  * } catch (VRegistryException e) {
- *   if (e.getReason().equals("NOT_FOUND_ON_UPSTREAMS")) {
+ *   if (e.getReasonCode() == ErrorReason.NOT_FOUND_ON_UPSTREAMS) {
  *     e.getAttempts().forEach(a -> System.out.println(a.getUpstreamId() + " " + a.getOutcome()));
  *   }
  * }
@@ -140,9 +142,31 @@ public final class VRegistryException extends RuntimeException {
     return status;
   }
 
-  /** ErrorInfo.reason, e.g. "INVALID_PATH"; {@code ""} when the server sent no ErrorInfo. */
+  /**
+   * ErrorInfo.reason as sent, e.g. "INVALID_PATH"; {@code ""} when the server sent no ErrorInfo.
+   * {@link #getReasonCode()} gives it as the generated enum.
+   */
   public String getReason() {
     return reason;
+  }
+
+  /**
+   * The reason as the generated enum, e.g. {@link ErrorReason#INVALID_PATH}
+   * (protos/vregistry/v1/error_reason.proto documents each value): {@link
+   * ErrorReason#ERROR_REASON_UNSPECIFIED} when the error carried no vregistry ErrorInfo (a
+   * client-side deadline, a refused connection, an ErrorInfo of another domain), {@link
+   * ErrorReason#UNRECOGNIZED} for a reason newer than this client ({@link #getReason()} still has
+   * the string).
+   */
+  public ErrorReason getReasonCode() {
+    if (reason.isEmpty() || !DOMAIN.equals(domain)) {
+      return ErrorReason.ERROR_REASON_UNSPECIFIED;
+    }
+    try {
+      return ErrorReason.valueOf(reason);
+    } catch (IllegalArgumentException e) {
+      return ErrorReason.UNRECOGNIZED;
+    }
   }
 
   /** ErrorInfo.domain, {@value #DOMAIN} for this service; {@code ""} when absent. */

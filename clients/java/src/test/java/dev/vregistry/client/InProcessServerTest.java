@@ -9,6 +9,7 @@ import com.google.protobuf.Any;
 import com.google.rpc.Code;
 import com.google.rpc.ErrorInfo;
 import dev.vregistry.v1.AttemptOutcome;
+import dev.vregistry.v1.ErrorReason;
 import dev.vregistry.v1.GetAuthHeadersRequest;
 import dev.vregistry.v1.GetAuthHeadersResponse;
 import dev.vregistry.v1.ResolveUpstreamFailure;
@@ -18,7 +19,10 @@ import dev.vregistry.v1.UpstreamAttempt;
 import dev.vregistry.v1.UpstreamServiceGrpc;
 import dev.vregistry.v1.UrlForRequest;
 import dev.vregistry.v1.UrlForResponse;
+import io.grpc.Context;
+import io.grpc.Deadline;
 import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
 import io.grpc.Server;
 import io.grpc.Status;
 import io.grpc.inprocess.InProcessChannelBuilder;
@@ -56,6 +60,19 @@ class InProcessServerTest {
   static final class FakeService extends UpstreamServiceGrpc.UpstreamServiceImplBase {
     @Override
     public void urlFor(UrlForRequest request, StreamObserver<UrlForResponse> reply) {
+      if (request.getUpstreamId().equals("deadline")) {
+        // Echo how many milliseconds the call's deadline leaves ("none" without one).
+        Deadline deadline = Context.current().getDeadline();
+        reply.onNext(
+            UrlForResponse.newBuilder()
+                .setUrl(
+                    deadline == null
+                        ? "none"
+                        : Long.toString(deadline.timeRemaining(TimeUnit.MILLISECONDS)))
+                .build());
+        reply.onCompleted();
+        return;
+      }
       if (request.getPath().startsWith("Bad")) {
         com.google.rpc.Status status =
             com.google.rpc.Status.newBuilder()
@@ -64,7 +81,7 @@ class InProcessServerTest {
                 .addDetails(
                     Any.pack(
                         ErrorInfo.newBuilder()
-                            .setReason("INVALID_PATH")
+                            .setReason(ErrorReason.INVALID_PATH.name())
                             .setDomain("vregistry.dev")
                             .putMetadata("path", request.getPath())
                             .build()))
@@ -113,7 +130,7 @@ class InProcessServerTest {
               .addDetails(
                   Any.pack(
                       ErrorInfo.newBuilder()
-                          .setReason("NOT_FOUND_ON_UPSTREAMS")
+                          .setReason(ErrorReason.NOT_FOUND_ON_UPSTREAMS.name())
                           .setDomain("vregistry.dev")
                           .putMetadata("registry_id", request.getRegistryId())
                           .build()))
@@ -170,6 +187,7 @@ class InProcessServerTest {
     assertEquals(Status.Code.DEADLINE_EXCEEDED, error.getStatusCode());
     assertEquals("DEADLINE_EXCEEDED", error.getCodeName());
     assertEquals("", error.getReason());
+    assertEquals(ErrorReason.ERROR_REASON_UNSPECIFIED, error.getReasonCode());
     assertEquals(List.of(), error.getAttempts());
   }
 
@@ -183,6 +201,7 @@ class InProcessServerTest {
     assertEquals("NOT_FOUND", error.getCodeName());
     assertEquals("not found on any upstream", error.getDescription());
     assertEquals("NOT_FOUND_ON_UPSTREAMS", error.getReason());
+    assertEquals(ErrorReason.NOT_FOUND_ON_UPSTREAMS, error.getReasonCode());
     assertEquals("vregistry.dev", error.getDomain());
     assertEquals(Map.of("registry_id", "r"), error.getMetadata());
     assertEquals(
@@ -210,7 +229,7 @@ class InProcessServerTest {
                         null)
                     .join());
     VRegistryException error = assertInstanceOf(VRegistryException.class, wrapped.getCause());
-    assertEquals("NOT_FOUND_ON_UPSTREAMS", error.getReason());
+    assertEquals(ErrorReason.NOT_FOUND_ON_UPSTREAMS, error.getReasonCode());
     assertEquals(2, error.getAttempts().size());
 
     UrlForResponse reply =
@@ -227,7 +246,7 @@ class InProcessServerTest {
     VRegistryException error =
         assertThrows(VRegistryException.class, () -> client.urlFor("open", "Bad/Path"));
     assertEquals("INVALID_ARGUMENT", error.getCodeName());
-    assertEquals("INVALID_PATH", error.getReason());
+    assertEquals(ErrorReason.INVALID_PATH, error.getReasonCode());
     assertEquals(Map.of("path", "Bad/Path"), error.getMetadata());
     assertTrue(error.getAttempts().isEmpty());
   }
@@ -242,6 +261,64 @@ class InProcessServerTest {
     assertEquals("UNAVAILABLE: down", error.getMessage());
     assertEquals(
         "UNKNOWN", VRegistryException.from(new IllegalStateException("boom")).getCodeName());
+  }
+
+  @Test
+  void defaultDeadlineIsThirtySecondsAndPerCallOverridable() {
+    assertEquals(Duration.ofSeconds(30), VRegistryClient.DEFAULT_DEADLINE);
+    // Shares the suite's channel (not owned, so close() leaves it open).
+    VRegistryClient plain = VRegistryClient.builder().channel(channel).build();
+    assertEquals(Duration.ofSeconds(30), plain.defaultDeadline());
+    long byDefault = Long.parseLong(plain.urlFor("deadline", "").getUrl());
+    assertTrue(byDefault > 25_000 && byDefault <= 30_000, "default deadline leaves " + byDefault);
+    long perCall =
+        Long.parseLong(
+            plain
+                .urlFor(
+                    UrlForRequest.newBuilder().setUpstreamId("deadline").build(),
+                    Duration.ofSeconds(2))
+                .getUrl());
+    assertTrue(perCall > 0 && perCall <= 2_000, "per-call deadline leaves " + perCall);
+    long clientWide = Long.parseLong(client.urlFor("deadline", "").getUrl()); // 5 s builder default
+    assertTrue(clientWide > 3_000 && clientWide <= 5_000, "client deadline leaves " + clientWide);
+    plain.close();
+  }
+
+  private static VRegistryException errorWith(String reason, String domain) {
+    com.google.rpc.Status status =
+        com.google.rpc.Status.newBuilder()
+            .setCode(Code.FAILED_PRECONDITION_VALUE)
+            .setMessage("x")
+            .addDetails(
+                Any.pack(ErrorInfo.newBuilder().setReason(reason).setDomain(domain).build()))
+            .build();
+    return VRegistryException.from(StatusProto.toStatusRuntimeException(status));
+  }
+
+  @Test
+  void reasonCodeIsTheGeneratedEnumForEveryReason() {
+    int count = 0;
+    for (ErrorReason value : ErrorReason.values()) {
+      if (value == ErrorReason.UNRECOGNIZED) {
+        continue;
+      }
+      count++;
+      assertEquals(value, errorWith(value.name(), VRegistryException.DOMAIN).getReasonCode());
+    }
+    assertTrue(count >= 25, "ErrorReason has " + count + " values");
+    assertEquals(
+        ErrorReason.UPSTREAM_REALM_REFUSED,
+        errorWith("UPSTREAM_REALM_REFUSED", VRegistryException.DOMAIN).getReasonCode());
+    VRegistryException newer = errorWith("SOMETHING_NEWER", VRegistryException.DOMAIN);
+    assertEquals(ErrorReason.UNRECOGNIZED, newer.getReasonCode());
+    assertEquals("SOMETHING_NEWER", newer.getReason());
+    assertEquals(
+        ErrorReason.ERROR_REASON_UNSPECIFIED,
+        errorWith("NOT_FOUND", "proxy.example").getReasonCode());
+    assertEquals(
+        ErrorReason.ERROR_REASON_UNSPECIFIED,
+        VRegistryException.from(Status.UNAVAILABLE.asRuntimeException(new Metadata()))
+            .getReasonCode());
   }
 
   @Test

@@ -7,6 +7,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import com.google.gson.Gson;
 import com.google.gson.GsonBuilder;
 import com.google.gson.JsonObject;
+import dev.vregistry.v1.ErrorReason;
 import dev.vregistry.v1.GetAuthHeadersResponse;
 import dev.vregistry.v1.ResolveUpstreamResponse;
 import dev.vregistry.v1.UpstreamAttempt;
@@ -26,7 +27,7 @@ import org.junit.jupiter.api.condition.EnabledIfEnvironmentVariable;
 
 /**
  * The cross-language contract, against a LIVE vregistry server described by the stack file at
- * {@code $VREGISTRY_STACK} (written by tests/test_clients.py). Skipped only when that variable is
+ * {@code $VREGISTRY_STACK} (written by tests/system/test_clients.py). Skipped only when that variable is
  * unset. With {@code $VREGISTRY_ANSWERS_DIR} set, the answers go to {@code <dir>/java.json} so
  * they can be compared with the other languages' clients.
  */
@@ -149,7 +150,7 @@ class LiveServerTest {
                 client.resolveUpstream(
                     str("resolve_miss", "registry_id"), str("resolve_miss", "path")));
     assertEquals("NOT_FOUND", error.getCodeName());
-    assertEquals("NOT_FOUND_ON_UPSTREAMS", error.getReason());
+    assertEquals(ErrorReason.NOT_FOUND_ON_UPSTREAMS, error.getReasonCode());
     assertEquals(VRegistryException.DOMAIN, error.getDomain());
     assertEquals(
         List.of(
@@ -171,7 +172,7 @@ class LiveServerTest {
             VRegistryException.class,
             () -> client.urlFor(str("invalid", "upstream_id"), str("invalid", "path")));
     assertEquals("INVALID_ARGUMENT", error.getCodeName());
-    assertEquals("INVALID_PATH", error.getReason());
+    assertEquals(ErrorReason.INVALID_PATH, error.getReasonCode());
     assertEquals(VRegistryException.DOMAIN, error.getDomain());
     answers.put("invalid", map("code", error.getCodeName(), "reason", error.getReason()));
   }
