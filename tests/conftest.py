@@ -14,6 +14,11 @@ Fixtures (see tests/support for the classes they yield):
 * ``proxy_factory``  -> ``make(backend_url_or_server, **knobs) -> Proxy``; stopped after the test.
 
 A session server a test stopped (to simulate an outage) is started again after that test.
+
+Every fixture here starts its server lazily, only for a test that asks for it (the autouse
+hygiene fixture touches only servers the test already requested), so ``pytest -m unit``
+starts nothing. Tests are marked by their directory (see tests/README.md):
+tests/unit -> ``unit``, tests/integration -> ``integration``, tests/system -> ``system``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,20 @@ TOKEN_PASSWORD = "s3cret-token-pw"
 PUBLIC_PREFIX = "public/"
 
 _RESTARTABLE = ("redis_server", "open_registry", "basic_registry", "token_registry")
+_TESTS_DIR = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "system")
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer, from the directory it is in (tests/<layer>/...)."""
+    for item in items:
+        try:
+            layer = item.path.resolve().relative_to(_TESTS_DIR).parts[0]
+        except ValueError:
+            continue
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,7 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.support.server_process import launch
 from tests.support.service import make_config, start_service, upstream_entry
-from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry_server.runtime.tracing import enable_tracing
 
 
@@ -31,23 +29,3 @@ async def test_rpcs_become_spans_when_tracing_is_enabled() -> None:
         span.attributes.get("rpc.grpc.status_code") for span in exporter.get_finished_spans()
     )
     assert codes == [grpc.StatusCode.OK.value[0], grpc.StatusCode.INVALID_ARGUMENT.value[0]]
-
-
-def test_server_starts_with_console_tracing(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    document = {
-        "upstreams": [{"id": "u", "name": "U", "url": "http://127.0.0.1:9", "allow_http": True}]
-    }
-    server = launch(tmp_path, document, args=["--otel", "console"])
-    try:
-        with grpc.insecure_channel(server.target) as channel:
-            from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-
-            reply = pb_grpc.UpstreamServiceStub(channel).UrlFor(
-                pb.UrlForRequest(upstream_id="u", path=""), timeout=5
-            )
-        assert reply.url == "http://127.0.0.1:9/v2/"
-    finally:
-        assert server.stop() == 0
-    logs = server.logs()
-    assert '"msg": "tracing enabled"' in logs
-    assert "/vregistry.v1.UpstreamService/UrlFor" in logs, "the console exporter printed the span"

@@ -10,7 +10,7 @@ import pytest
 from vregistry_server.config import ConfigError, build_config, load_config
 from vregistry_server.model import Credentials
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "config.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
 
 
 def _config(**overrides: Any) -> dict[str, Any]:

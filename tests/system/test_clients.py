@@ -36,7 +36,7 @@ from tests.support.processes import free_port
 from tests.support.registry import RegistryServer
 from tests.support.server_process import wait_serving
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
 SERVER = (
     shutil.which("vregistry-server", path=str(Path(sys.executable).parent)) or "vregistry-server"

@@ -14,7 +14,7 @@ from tests.support.proxy import ProxyFactory
 from tests.support.registry import RegistryServer
 from tests.support.service import Service, make_config, upstream_entry
 from vregistry.v1 import upstream_service_pb2 as pb
-from vregistry_server.oci.circuit import CircuitBreaker, State
+from vregistry_server.oci.circuit import State
 from vregistry_server.runtime import metrics
 
 StartService = Callable[..., Awaitable[Service]]
@@ -138,25 +138,6 @@ async def test_circuit_opens_stops_traffic_and_closes_after_a_good_trial(
     assert reply.upstream.id == "first"
     assert flaky.count("HEAD") == 3
     assert _sample("vregistry_circuit_state", upstream="first") == State.CLOSED
-
-
-def test_circuit_half_open_allows_one_trial_and_reopens_on_failure() -> None:
-    now = [0.0]
-    breaker = CircuitBreaker(failure_threshold=1, reset_after_seconds=10, clock=lambda: now[0])
-    breaker.record_failure("u")
-    assert breaker.state("u") is State.OPEN and not breaker.allow("u")
-    assert breaker.retry_in("u") == 10
-    now[0] = 10.0
-    assert breaker.allow("u") and breaker.state("u") is State.HALF_OPEN
-    assert not breaker.allow("u"), "only one trial at a time"
-    breaker.record_failure("u")
-    assert breaker.state("u") is State.OPEN and not breaker.allow("u")
-    now[0] = 20.0
-    assert breaker.allow("u")
-    breaker.release("u")  # a cancelled trial frees the slot
-    assert breaker.allow("u")
-    breaker.record_success("u")
-    assert breaker.state("u") is State.CLOSED
 
 
 async def test_metrics_count_rpcs_cache_fetches_and_probes(

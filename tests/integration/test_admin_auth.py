@@ -19,7 +19,7 @@ from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-from vregistry_server.admin.callers import Callers, CallersError, hash_token
+from vregistry_server.admin.callers import Callers, hash_token
 from vregistry_server.runtime.tls import server_credentials
 
 RESOLVER_TOKEN = "resolver-token-Zq81xT0bQ"
@@ -119,20 +119,6 @@ async def test_tokens_and_roles(guarded: AdminService, captured: CapturedLogs) -
     assert '"why": "unknown_token"' in text and '"why": "missing_token"' in text
     for token in TOKENS:
         assert token not in text
-
-
-def test_callers_file_is_checked() -> None:
-    good = Callers.parse(CALLERS_FILE)
-    assert len(good) == 3
-    assert good.identify(ADMIN_TOKEN) is not None and good.identify(WRONG_TOKEN) is None
-    with pytest.raises(CallersError, match="line 1: unknown role"):
-        Callers.parse(f"{hash_token('x')} someone superuser")
-    with pytest.raises(CallersError, match="sha256: and 64 hex"):
-        Callers.parse("plaintext-token someone admin")
-    with pytest.raises(CallersError, match="appears twice"):
-        Callers.parse(f"{hash_token('x')} a admin\n{hash_token('x')} b resolver")
-    with pytest.raises(CallersError, match="expected"):
-        Callers.parse(f"{hash_token('x')} a")
 
 
 # --------------------------------------------------------------------------- TLS
