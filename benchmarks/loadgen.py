@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import resource
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,9 +46,24 @@ class LoadResult:
         return asdict(self)
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _run_counting_cpu(argv: list[str]) -> tuple[int, str, float]:
+    """Run ``argv`` to its end: its exit code, its stderr and the CPU seconds it used.
+
+    ``os.wait4`` reports the rusage of the one child it reaps. RUSAGE_CHILDREN would also
+    count every other child reaped meanwhile: the soak runs two ghz at once, from two threads.
+    """
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        except BaseException:  # Ctrl-C included: leave no ghz running
+            child.kill()
+            child.wait()
+            raise
+        child.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace")
+    return child.returncode, errors, usage.ru_utime + usage.ru_stime
 
 
 def run_ghz(
@@ -96,16 +112,16 @@ def run_ghz(
     if cpus is not None:
         argv += ["--cpus", str(cpus)]
     argv.append(target)
-    cpu_before = _children_cpu()
+    out.unlink(missing_ok=True)  # a failed run must not leave an earlier report to be read
     started = time.monotonic()
-    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
+    returncode, errors, cpu = _run_counting_cpu(argv)
     wall = time.monotonic() - started
-    if completed.returncode != 0 and not out.exists():
-        raise RuntimeError(f"ghz failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    if returncode != 0 and not out.exists():
+        raise RuntimeError(f"ghz failed ({returncode}): {errors[-2000:]}")
     report = json.loads(out.read_text())
     result = parse_report(report)
     result.wall_s = round(wall, 2)
-    result.loadgen_cpu_s = round(_children_cpu() - cpu_before, 2)
+    result.loadgen_cpu_s = round(cpu, 2)
     return result
 
 
