@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint lint-clients lint-protos clients typecheck pytest protos system-deps clean
+.PHONY: serve test lint lint-imports lint-clients lint-protos clients typecheck pytest protos system-deps clean
 .PHONY: bench soak leak bench-deps
 
 $(STAMP): pyproject.toml
@@ -27,9 +27,14 @@ serve: protos
 system-deps:
 	scripts/install-system-deps.sh
 
-lint: protos lint-clients lint-protos
+lint: protos lint-clients lint-protos lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The layer contracts (pyproject.toml [tool.importlinter]): no cycles, oci without gRPC or
+# Prometheus, the model a leaf, the generated stubs only in rpc/ and runtime/.
+lint-imports: $(STAMP)
+	cd server && ../$(VENV)/bin/lint-imports ../pyproject.toml --no-cache
 
 # The contract is lint-clean under buf's standard rules plus comments on everything
 # (buf's prebuilt binary comes from npm, pinned here).

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 # tests/ has no __init__.py, so pytest puts tests/ (not the repository root) on sys.path;
 # the root is needed for ``tests.support``. Harmless when it is already there.
@@ -41,6 +42,7 @@ from tests.support.proxy import HasUrl, Proxy, ProxyFactory, start_proxy  # noqa
 from tests.support.registry import RegistryServer, start_registry  # noqa: E402
 from tests.support.service import Service, start_service  # noqa: E402
 from tests.support.token_server import TokenServer, start_token_server  # noqa: E402
+from vregistry_server.admin.stores.redis import PREFIX as CONFIG_STORE_PREFIX  # noqa: E402
 from vregistry_server.model import Config  # noqa: E402
 from vregistry_server.oci.token_cache import TokenCache  # noqa: E402
 
@@ -177,3 +179,19 @@ async def service_factory() -> AsyncIterator[Callable[..., Awaitable[Service]]]:
     finally:
         for service in services:
             await service.close()
+
+
+@pytest.fixture
+def clean_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session redis without the admin store's keys, before and after the test."""
+
+    def wipe() -> None:
+        client = redis.Redis.from_url(redis_server.url)
+        keys = list(client.scan_iter(match=CONFIG_STORE_PREFIX + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+    wipe()
+    yield redis_server
+    wipe()

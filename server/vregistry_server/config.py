@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vregistry_server.model import (
     DEFAULT_MAX_REGISTRIES_PER_GROUP,
     DEFAULT_MAX_UPSTREAMS_PER_REGISTRY,
-    MAX_CACHE_VALIDITY_HOURS,
     Config,
     Credentials,
     Registry,
@@ -29,6 +29,12 @@ from vregistry_server.model import (
     Settings,
     TokenFlow,
     Upstream,
+)
+from vregistry_server.rules import (
+    FieldError,
+    check_credentials,
+    validate_registry_fields,
+    validate_upstream,
 )
 
 
@@ -38,43 +44,38 @@ class ConfigError(Exception):
 
 # --------------------------------------------------------------------------- file schema
 
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_UPSTREAM_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Upstream) if f.default is not dataclasses.MISSING
+}
+
+
 class UpstreamEntry(_Strict):
-    id: str = Field(pattern=_ID_PATTERN)
-    name: str = Field(min_length=1, max_length=255)
-    url: str = Field(min_length=1, max_length=255)
-    description: str = Field(default="", max_length=1024)
-    username: str | None = Field(default=None, min_length=1, max_length=255)
+    """An upstream as the file spells it: the model's fields (same names, same defaults),
+    with the credentials by reference. Values are checked by rules.validate_upstream."""
+
+    id: str
+    name: str
+    url: str
+    description: str = _UPSTREAM_DEFAULTS["description"]
+    username: str | None = None
     password_env: str | None = Field(default=None, min_length=1)
     password_file: str | None = Field(default=None, min_length=1)
-    cache_validity_hours: int = Field(default=24, ge=0, le=MAX_CACHE_VALIDITY_HOURS)
-    allow_http: bool = False
-    token_flow: TokenFlow = "auto"
-    client_id: str = Field(default="vregistry", min_length=1, max_length=255)
-    realm_allow_hosts: list[str] = Field(default_factory=list, max_length=32)
-
-    @field_validator("realm_allow_hosts")
-    @classmethod
-    def _plain_hosts(cls, hosts: list[str]) -> list[str]:
-        for host in hosts:
-            bare = host.removeprefix("*.")
-            if not bare or any(c in bare for c in "/:@?# *") or bare != bare.strip("."):
-                raise ValueError(
-                    f"{host!r} must be a host name such as auth.example.com or *.example.com"
-                )
-        return hosts
+    cache_validity_hours: int = _UPSTREAM_DEFAULTS["cache_validity_hours"]
+    allow_http: bool = _UPSTREAM_DEFAULTS["allow_http"]
+    token_flow: TokenFlow = _UPSTREAM_DEFAULTS["token_flow"]
+    client_id: str = _UPSTREAM_DEFAULTS["client_id"]
+    realm_allow_hosts: list[str] = Field(default_factory=list)
 
 
 class RegistryEntry(_Strict):
-    id: str = Field(pattern=_ID_PATTERN)
-    name: str = Field(min_length=1, max_length=255)
-    description: str = Field(default="", max_length=1024)
+    id: str
+    name: str
+    description: str = ""
     upstreams: list[str] = Field(default_factory=list)
 
 
@@ -206,48 +207,15 @@ def _cache_key(
     return key
 
 
-def normalize_upstream_url(url: str, *, allow_http: bool) -> str:
-    """Check an upstream URL and drop a trailing "/" and "/v2", as GitLab does."""
-    parts = urlsplit(url.strip())
-    if parts.scheme == "http" and not allow_http:
-        raise ValueError(
-            "must use https (set allow_http: true only for a plain-http local registry)"
-        )
-    if parts.scheme not in {"http", "https"}:
-        raise ValueError("must be an http(s) URL such as https://registry-1.docker.io")
-    if not parts.hostname:
-        raise ValueError("has no host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not carry credentials; use username and password_env")
-    if parts.query or parts.fragment:
-        raise ValueError("must not have a query string or fragment")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    base = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
-    if base.endswith("/v2"):
-        base = base[: -len("/v2")].rstrip("/")
-    return base
-
-
 def _build_upstream(entry: UpstreamEntry, where: str, env: Mapping[str, str]) -> Upstream:
+    values = entry.model_dump(exclude={"username", "password_env", "password_file"})
+    values["realm_allow_hosts"] = tuple(entry.realm_allow_hosts)
     try:
-        url = normalize_upstream_url(entry.url, allow_http=entry.allow_http)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: field 'url': {exc}") from None
-    return Upstream(
-        id=entry.id,
-        name=entry.name,
-        url=url,
-        credentials=_resolve_credentials(entry, where, env),
-        description=entry.description,
-        cache_validity_hours=entry.cache_validity_hours,
-        allow_http=entry.allow_http,
-        token_flow=entry.token_flow,
-        client_id=entry.client_id,
-        realm_allow_hosts=tuple(entry.realm_allow_hosts),
-    )
+        return validate_upstream(
+            Upstream(**values, credentials=_resolve_credentials(entry, where, env))
+        )
+    except FieldError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _resolve_credentials(
@@ -284,7 +252,10 @@ def _resolve_credentials(
             ) from None
         if not password:
             raise ConfigError(f"{where}: field 'password_file': {entry.password_file} is empty")
-    return Credentials(username=entry.username, password=password)
+    try:
+        return check_credentials(entry.username, password)
+    except FieldError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _build_registry(
@@ -296,6 +267,10 @@ def _build_registry(
             f"{where}: field 'upstreams': {len(entry.upstreams)} upstreams, at most {limit} allowed"
             " (settings.max_upstreams_per_registry)"
         )
+    try:
+        validate_registry_fields(entry.id, entry.name, entry.description)
+    except FieldError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     members: list[RegistryUpstream] = []
     seen: set[str] = set()
     for position, upstream_id in enumerate(entry.upstreams, start=1):

@@ -34,12 +34,14 @@ credential or a token.
     │   └── StoreUnavailable .......... UNAVAILABLE        STORE_UNAVAILABLE
     ├── DeadlineExceeded .............. DEADLINE_EXCEEDED  DEADLINE_EXCEEDED
     │   └── ResolveDeadlineExceeded* .. (same)
+    ├── Unauthenticated ............... UNAUTHENTICATED    UNAUTHENTICATED
+    ├── PermissionDenied .............. PERMISSION_DENIED  PERMISSION_DENIED
     └── Internal ...................... INTERNAL           INTERNAL
 
 ``*`` ResolveUpstream failures: they also inherit ``ResolveFailed`` and carry
 every upstream's attempt, sent as a vregistry.v1.ResolveUpstreamFailure detail.
-Caller authentication (UNAUTHENTICATED, PERMISSION_DENIED) is refused by the
-interceptor in rpc/interceptors.py before any of this code runs.
+Unauthenticated and PermissionDenied are answered by the caller interceptor
+(rpc/interceptors.py) before any servicer runs.
 """
 
 from __future__ import annotations
@@ -199,6 +201,18 @@ class DeadlineExceeded(VRegistryError):
     """The caller's deadline passed before we could answer."""
 
     code, reason = Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(VRegistryError):
+    """The caller sent no bearer token, or one the callers file does not know."""
+
+    code, reason = Code.UNAUTHENTICATED, "UNAUTHENTICATED"
+
+
+class PermissionDenied(VRegistryError):
+    """The caller is known but lacks the role the service needs."""
+
+    code, reason = Code.PERMISSION_DENIED, "PERMISSION_DENIED"
 
 
 class Internal(VRegistryError):

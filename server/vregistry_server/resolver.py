@@ -28,7 +28,13 @@ from vregistry_server.model import AuthHeaders, Config, Registry, Resolution, Se
 from vregistry_server.oci.auth import Authenticator
 from vregistry_server.oci.http import Budget, make_client
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
-from vregistry_server.oci.paths import PathError, RegistryPath, parse_path, parse_path_or_repository
+from vregistry_server.oci.paths import (
+    PathError,
+    RegistryPath,
+    check_actions,
+    parse_path,
+    parse_path_or_repository,
+)
 from vregistry_server.oci.probe import Prober
 from vregistry_server.oci.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
 
@@ -71,9 +77,11 @@ class Resolver:
         """Switch to a new configuration in one step (admin API, live reload).
 
         The settings stay those the resolver started with. Upstreams whose url,
-        credentials or auth options changed, or that are gone, lose their
-        discovered challenge and their cached tokens at once; the ids of those
-        upstreams are returned.
+        credentials, auth options or realm policy changed, or that are gone, start
+        over at once: their discovered challenge, token flow, refresh tokens, realm
+        address classes and cached tokens are dropped, and their circuit breaker is
+        closed (an open circuit of the old url says nothing about the new one). The
+        ids of those upstreams are returned.
         """
         old = self.config.upstreams
         changed = {
@@ -83,7 +91,9 @@ class Resolver:
         }
         self.config = dataclasses.replace(config, settings=self.config.settings)
         for upstream_id in changed:
-            await self.authenticator.invalidate(upstream_id)
+            self.prober.breaker.forget(upstream_id)
+        # One batched token delete for all of them (a hung Redis costs one timeout).
+        await self.authenticator.invalidate(*changed)
         return changed
 
     async def aclose(self) -> None:
@@ -138,11 +148,13 @@ class Resolver:
         if len(actions) > MAX_ACTIONS:
             raise InvalidArgument(f"at most {MAX_ACTIONS} actions may be requested")
         parsed = _parse(path, parse_path_or_repository)
+        try:
+            check_actions(actions)
+        except PathError as exc:  # an action outside pull/push/delete/*
+            raise InvalidArgument(str(exc)) from None
         budget = self._budget(caller_remaining)
         try:
             return await self.authenticator.headers_for(upstream, parsed, budget, actions)
-        except PathError as exc:  # an action outside pull/push/delete/*
-            raise InvalidArgument(str(exc)) from None
         except VRegistryError as exc:
             exc.metadata.setdefault("upstream_id", upstream.id)
             raise _as_deadline(exc, budget) from None
@@ -214,4 +226,5 @@ def _auth_identity(upstream: Upstream | None) -> tuple[object, ...] | None:
         upstream.allow_http,
         upstream.token_flow,
         upstream.client_id,
+        upstream.realm_allow_hosts,
     )

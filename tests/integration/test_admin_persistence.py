@@ -8,7 +8,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,6 @@ from tests.support.processes import RedisServer
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry_server.admin.crypto import DecryptError, Keyring
-from vregistry_server.admin.stores.redis import PREFIX
 from vregistry_server.admin.stores.sqlite import DB_FILE, SCHEMA_VERSION
 
 SECRET = "at-rest-pw-never-plain-5813"
@@ -137,24 +136,7 @@ async def test_key_rotation_reencrypts_at_start(tmp_path: Path) -> None:
         await svc.close()
 
 
-# --------------------------------------------------------------------------- the real command
-
-
 # --------------------------------------------------------------------------- Redis
-
-
-@pytest.fixture
-def clean_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
-    def wipe() -> None:
-        client = redis.Redis.from_url(redis_server.url)
-        keys = list(client.scan_iter(match=PREFIX + "*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-    wipe()
-    yield redis_server
-    wipe()
 
 
 @pytest.fixture

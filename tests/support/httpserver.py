@@ -118,14 +118,17 @@ class QuietHandler(BaseHTTPRequestHandler):
 
 
 class BackgroundHTTPServer:
-    """Owns a :class:`QuietServer` bound to 127.0.0.1 on a kernel-chosen port."""
+    """Owns a :class:`QuietServer` bound to 127.0.0.1 (or another loopback address, such as
+    127.0.0.2 for a test that needs a second host) on a kernel-chosen port."""
 
     handler_class: type[QuietHandler] = QuietHandler
 
-    def __init__(self) -> None:
-        self._server = QuietServer((LOCALHOST, 0), self.handler_class)
+    def __init__(self, host: str = LOCALHOST) -> None:
+        if not host.startswith("127."):
+            raise ValueError(f"test servers listen on loopback addresses only, not {host!r}")
+        self._server = QuietServer((host, 0), self.handler_class)
         self._server.owner = self
-        self.host = LOCALHOST
+        self.host = host
         self.port: int = self._server.server_address[1]
         # Set on stop() so that handlers sleeping in a delay wake up at once.
         self.stopping = threading.Event()
@@ -133,7 +136,7 @@ class BackgroundHTTPServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{LOCALHOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
         if self._thread is not None:

@@ -51,6 +51,9 @@ class ProxyKnobs:
     fail_content_type: str = "application/json"
     #: A Retry-After header value sent with ``fail_with`` (e.g. "7" with 429).
     retry_after: str | None = None
+    #: With ``fail_with``: only the next N faulty requests fail, then they are forwarded
+    #: again (``fail_count=1``: one 503, then the backend). None: every one fails.
+    fail_count: int | None = None
     #: Drop the connection without answering.
     close_connection: bool = False
     #: Answer 200 text/html instead of forwarding (something that is not a registry).
@@ -99,6 +102,7 @@ class Proxy(BackgroundHTTPServer):
     fail_body: Knob[bytes] = Knob()
     fail_content_type: Knob[str] = Knob()
     retry_after: Knob[str | None] = Knob()
+    fail_count: Knob[int | None] = Knob()
     close_connection: Knob[bool] = Knob()
     non_registry: Knob[bool] = Knob()
     fault_paths: Knob[tuple[str, ...]] = Knob()
@@ -203,6 +207,13 @@ class Proxy(BackgroundHTTPServer):
         faulty = (not knobs.fault_paths or parsed.path.startswith(knobs.fault_paths)) and (
             not knobs.fault_methods or method in knobs.fault_methods
         )
+        if faulty and knobs.fail_with is not None and knobs.fail_count is not None:
+            with self._lock:
+                remaining = self._knobs.fail_count
+                if remaining is not None and remaining > 0:
+                    self._knobs.fail_count = remaining - 1
+                else:
+                    knobs.fail_with = None  # the failures ran out: forward again
         if faulty:
             self.sleep(knobs.delay_seconds)
             if self.stopping.is_set() or knobs.close_connection:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.support.httpserver import BackgroundHTTPServer, QuietHandler
+from tests.support.processes import LOCALHOST
 
 
 @dataclass
@@ -52,8 +53,8 @@ class _Handler(QuietHandler):
 class ScriptedServer(BackgroundHTTPServer):
     handler_class = _Handler
 
-    def __init__(self, script: Script) -> None:
-        super().__init__()
+    def __init__(self, script: Script, host: str = LOCALHOST) -> None:
+        super().__init__(host)
         self.script = script
         self._lock = threading.Lock()
         self._seen: list[Seen] = []
@@ -72,7 +73,8 @@ class ScriptedServer(BackgroundHTTPServer):
             return list(self._seen)
 
 
-def start_scripted(script: Script) -> ScriptedServer:
-    server = ScriptedServer(script)
+def start_scripted(script: Script, *, host: str = LOCALHOST) -> ScriptedServer:
+    """Start ``script`` on ``host`` (a loopback address) and a kernel-chosen port."""
+    server = ScriptedServer(script, host)
     server.start()
     return server

@@ -74,6 +74,11 @@ class TokenServerKnobs:
     delay_seconds: float = 0.0
     #: Answer every request with this status (e.g. 500) and a JSON error.
     fail_status: int | None = None
+    #: With ``fail_status``: only the next N requests fail, then the server works again
+    #: (``fail_count=1``: one 503, then tokens). None: every request fails.
+    fail_count: int | None = None
+    #: With ``fail_status``: a Retry-After header value (e.g. "30" with 429).
+    fail_retry_after: str | None = None
     #: POST requires ``client_id`` (the distribution OAuth2 spec says it is required).
     require_client_id: bool = True
     #: A password-grant POST returns a refresh_token even without ``access_type=offline`` (ACR).
@@ -180,6 +185,8 @@ class TokenServer(BackgroundHTTPServer):
     non_json: Knob[bool] = Knob()
     delay_seconds: Knob[float] = Knob()
     fail_status: Knob[int | None] = Knob()
+    fail_count: Knob[int | None] = Knob()
+    fail_retry_after: Knob[str | None] = Knob()
     require_client_id: Knob[bool] = Knob()
     always_refresh_token: Knob[bool] = Knob()
     public_prefixes: Knob[tuple[str, ...]] = Knob()
@@ -533,6 +540,11 @@ class TokenServer(BackgroundHTTPServer):
             knobs = TokenServerKnobs(
                 **{f.name: getattr(self._knobs, f.name) for f in fields(self._knobs)}
             )
+            if knobs.fail_status is not None and knobs.fail_count is not None:
+                if knobs.fail_count > 0:
+                    self._knobs.fail_count = knobs.fail_count - 1
+                else:
+                    knobs.fail_status = None  # the failures ran out: answer normally
             users = dict(self._users)
 
         self.sleep(knobs.delay_seconds)
@@ -552,7 +564,9 @@ class TokenServer(BackgroundHTTPServer):
 
         if knobs.fail_status is not None:
             reply(
-                knobs.fail_status, {"errors": [{"code": "UNKNOWN", "message": "injected failure"}]}
+                knobs.fail_status,
+                {"errors": [{"code": "UNKNOWN", "message": "injected failure"}]},
+                {"Retry-After": knobs.fail_retry_after} if knobs.fail_retry_after else None,
             )
             return
         if knobs.non_json:

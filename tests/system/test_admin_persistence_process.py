@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 import yaml
 
 from tests.support.admin import new_keyring
@@ -23,7 +22,6 @@ from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-from vregistry_server.admin.stores.redis import PREFIX
 
 SECRET = "at-rest-pw-never-plain-5813"
 SECRET_USER = "at-rest-user-7710"
@@ -169,20 +167,6 @@ def test_server_refuses_bad_admin_flags(tmp_path: Path) -> None:
         )
         assert result.returncode == 2, (args, result.stderr)
         assert needle in result.stderr, (args, result.stderr)
-
-
-@pytest.fixture
-def clean_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
-    def wipe() -> None:
-        client = redis.Redis.from_url(redis_server.url)
-        keys = list(client.scan_iter(match=PREFIX + "*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-    wipe()
-    yield redis_server
-    wipe()
 
 
 def test_two_server_processes_on_one_redis(

@@ -1,4 +1,6 @@
-"""vregistry_client against a live server described by $VREGISTRY_STACK (tests/system/test_clients.py).
+"""vregistry_client against a live server described by $VREGISTRY_STACK.
+
+The stack is written by tests/system/test_clients.py in the repository root.
 
 When $VREGISTRY_ANSWERS_DIR is set, the answers go to python.json there for the
 cross-language comparison. Without $VREGISTRY_STACK only the offline tests run.

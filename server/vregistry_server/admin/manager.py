@@ -23,16 +23,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from vregistry_server.admin.records import (
+    REQUEST_FIELD_NAMES,
     SEED_GROUP,
     RegistryRecord,
     State,
     UpstreamRecord,
-    check_credentials,
     check_id,
+    invalid,
     parse_name,
     parse_parent,
-    validate_registry,
-    validate_upstream,
 )
 from vregistry_server.admin.stores.base import Changes, Conflict, Store
 from vregistry_server.errors import (
@@ -47,10 +46,19 @@ from vregistry_server.errors import (
     UpstreamNotFound,
     UpstreamNotInRegistry,
 )
-from vregistry_server.model import Config, Credentials, Settings
+from vregistry_server.model import Config, Credentials, Settings, Upstream
 from vregistry_server.resolver import Resolver
+from vregistry_server.rules import (
+    FieldError,
+    check_credentials,
+    validate_registry_fields,
+    validate_upstream,
+)
 
 log = logging.getLogger(__name__)
+_UPSTREAM_DEFAULT = {
+    f.name: f.default for f in dataclasses.fields(Upstream) if f.default is not dataclasses.MISSING
+}
 T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
@@ -58,20 +66,21 @@ MAX_PAGE_SIZE = 500
 COMMIT_ATTEMPTS = 8
 WATCH_TIMEOUT_SECONDS = 1.0
 
-UPSTREAM_FIELDS = (
-    "display_name",
-    "url",
-    "description",
+# The request fields of an upstream: the model's fields under their request names, with the
+# credentials as username and password (write-only), and the id in the resource name.
+UPSTREAM_FIELDS: tuple[str, ...] = (
+    *(
+        REQUEST_FIELD_NAMES.get(f.name, f.name)
+        for f in dataclasses.fields(Upstream)
+        if f.name not in {"id", "credentials"}
+    ),
     "username",
     "password",
-    "cache_validity_hours",
-    "allow_http",
-    "token_flow",
-    "client_id",
 )
 UPSTREAM_OUTPUT_ONLY = ("name", "has_credentials", "etag", "create_time", "update_time")
 REGISTRY_FIELDS = ("display_name", "description")
 REGISTRY_OUTPUT_ONLY = ("name", "upstreams", "etag", "create_time", "update_time")
+_MODEL_FIELD_NAMES = {request: model for model, request in REQUEST_FIELD_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,7 @@ class UpstreamInput:
     allow_http: bool = False
     token_flow: str = ""
     client_id: str = ""
+    realm_allow_hosts: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"UpstreamInput(display_name={self.display_name!r}, url={self.url!r}, password=***)"
@@ -104,7 +114,18 @@ class UpstreamInput:
             fields.add("allow_http")
         if self.token_flow:
             fields.add("token_flow")
+        if self.realm_allow_hosts:
+            fields.add("realm_allow_hosts")
         return fields
+
+    def model_value(self, request_field: str) -> object:
+        """The value of a request field as the model holds it (defaults for unset ones)."""
+        if request_field == "cache_validity_hours" and self.cache_validity_hours is None:
+            return _UPSTREAM_DEFAULT["cache_validity_hours"]
+        value = getattr(self, request_field)
+        if request_field in {"token_flow", "client_id"} and not value:
+            return _UPSTREAM_DEFAULT[request_field]
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,22 +216,12 @@ class ConfigManager:
 
         def plan(state: State, version: int, now: float) -> tuple[Changes, int]:
             upstreams = [
-                validate_upstream(
-                    UpstreamRecord(
-                        group=SEED_GROUP,
-                        id=u.id,
-                        display_name=u.name,
-                        url=u.url,
-                        description=u.description,
-                        credentials=u.credentials,
-                        cache_validity_hours=u.cache_validity_hours,
-                        allow_http=u.allow_http,
-                        token_flow=u.token_flow,
-                        client_id=u.client_id,
-                        version=version,
-                        create_time=now,
-                        update_time=now,
-                    )
+                UpstreamRecord(
+                    group=SEED_GROUP,
+                    upstream=_validated(u),
+                    version=version,
+                    create_time=now,
+                    update_time=now,
                 )
                 for u in seed.upstreams.values()
                 if u.id not in state.upstreams
@@ -220,7 +231,7 @@ class ConfigManager:
                 RegistryRecord(
                     group=SEED_GROUP,
                     id=r.id,
-                    display_name=r.name,
+                    name=r.name,
                     description=r.description,
                     members=tuple(
                         m.upstream.id
@@ -297,39 +308,27 @@ class ConfigManager:
             old = _find_upstream(state, "upstream.name", name)
             _check_etag(etag, old.etag, old.resource_name)
             values = {
-                "display_name": old.display_name,
-                "url": old.url,
-                "description": old.description,
-                "cache_validity_hours": old.cache_validity_hours,
-                "allow_http": old.allow_http,
-                "token_flow": old.token_flow,
-                "client_id": old.client_id,
+                _MODEL_FIELD_NAMES.get(path, path): data.model_value(path)
+                for path in paths - {"username", "password", "credentials"}
             }
-            for path in paths - {"username", "password", "credentials"}:
-                values[path] = getattr(data, path)
-            if "cache_validity_hours" in paths and data.cache_validity_hours is None:
-                values["cache_validity_hours"] = 24
-            if "token_flow" in paths:
-                values["token_flow"] = data.token_flow or "auto"
-            if "client_id" in paths:
-                values["client_id"] = data.client_id or "vregistry"
-            credentials = old.credentials
+            credentials = old.upstream.credentials
             if paths & {"username", "password"}:
-                username = data.username if "username" in paths else _username(old.credentials)
-                password = data.password if "password" in paths else _password(old.credentials)
-                credentials = check_credentials(username, password)
-            candidate = validate_upstream(
-                dataclasses.replace(
-                    old,
-                    credentials=credentials,
-                    version=version,
-                    update_time=now,
-                    **values,  # type: ignore[arg-type]
-                )
+                username = data.username if "username" in paths else _username(credentials)
+                password = data.password if "password" in paths else _password(credentials)
+                credentials = _checked_credentials(username, password)
+            candidate = dataclasses.replace(
+                old,
+                upstream=_validated(
+                    dataclasses.replace(old.upstream, credentials=credentials, **values)  # type: ignore[arg-type]
+                ),
+                version=version,
+                update_time=now,
             )
-            if candidate.url != old.url and not paths & {"username", "password"}:
+            if candidate.upstream.url != old.upstream.url and not paths & {"username", "password"}:
                 # GitLab's rule: a new url does not inherit the old url's credentials.
-                candidate = dataclasses.replace(candidate, credentials=None)
+                candidate = dataclasses.replace(
+                    candidate, upstream=dataclasses.replace(candidate.upstream, credentials=None)
+                )
             _check_duplicate(state, candidate)
             return Changes(put_upstreams=(candidate,)), candidate
 
@@ -370,11 +369,11 @@ class ConfigManager:
     ) -> RegistryRecord:
         group = parse_parent("parent", parent)
         check_id("registry_id", registry_id)
-        record = validate_registry(
+        record = _validated_registry(
             RegistryRecord(
                 group=group,
                 id=registry_id,
-                display_name=data.display_name,
+                name=data.display_name,
                 description=data.description,
             )
         )
@@ -403,8 +402,8 @@ class ConfigManager:
         def plan(state: State, version: int, now: float) -> tuple[Changes, RegistryRecord]:
             old = _find_registry(state, "registry.name", name)
             _check_etag(etag, old.etag, old.resource_name)
-            values = {path: getattr(data, path) for path in paths}
-            stored = validate_registry(
+            values = {_MODEL_FIELD_NAMES.get(path, path): getattr(data, path) for path in paths}
+            stored = _validated_registry(
                 dataclasses.replace(old, version=version, update_time=now, **values)
             )
             return Changes(put_registries=(stored,)), stored
@@ -542,21 +541,38 @@ class ConfigManager:
 def build_unsaved_upstream(group: str, upstream_id: str, data: UpstreamInput) -> UpstreamRecord:
     """An upstream from a create (or TestUpstream) request, validated, not stored."""
     check_id("upstream_id", upstream_id)
-    cache_validity = 24 if data.cache_validity_hours is None else data.cache_validity_hours
-    return validate_upstream(
-        UpstreamRecord(
-            group=group,
-            id=upstream_id,
-            display_name=data.display_name,
-            url=data.url,
-            description=data.description,
-            credentials=check_credentials(data.username, data.password),
-            cache_validity_hours=cache_validity,
-            allow_http=data.allow_http,
-            token_flow=data.token_flow or "auto",  # type: ignore[arg-type]
-            client_id=data.client_id or "vregistry",
-        )
+    values = {
+        _MODEL_FIELD_NAMES.get(path, path): data.model_value(path)
+        for path in UPSTREAM_FIELDS
+        if path not in {"username", "password"}
+    }
+    credentials = _checked_credentials(data.username, data.password)
+    return UpstreamRecord(
+        group=group,
+        upstream=_validated(Upstream(id=upstream_id, credentials=credentials, **values)),  # type: ignore[arg-type]
     )
+
+
+def _validated(upstream: Upstream) -> Upstream:
+    try:
+        return validate_upstream(upstream)
+    except FieldError as exc:
+        raise invalid(exc) from None
+
+
+def _checked_credentials(username: str, password: str) -> Credentials | None:
+    try:
+        return check_credentials(username, password)
+    except FieldError as exc:
+        raise invalid(exc) from None
+
+
+def _validated_registry(record: RegistryRecord) -> RegistryRecord:
+    try:
+        validate_registry_fields(record.id, record.name, record.description)
+    except FieldError as exc:
+        raise invalid(exc, rename={"name": "display_name", "id": "registry_id"}) from None
+    return record
 
 
 def _fingerprint(state: State) -> frozenset[tuple[str, str, int]]:
@@ -602,9 +618,10 @@ def _check_duplicate(state: State, record: UpstreamRecord) -> None:
     for other in state.upstreams.values():
         if other.id == record.id or other.group != record.group:
             continue
-        if other.url == record.url and other.credentials == record.credentials:
+        same_credentials = other.upstream.credentials == record.upstream.credentials
+        if other.upstream.url == record.upstream.url and same_credentials:
             raise DuplicateUpstream(
-                f"upstream {other.resource_name} already has url {record.url} with the same"
+                f"upstream {other.resource_name} already has url {record.upstream.url} with the same"
                 " credentials; the same url and credentials may appear once per group"
             )
 

@@ -1,60 +1,69 @@
-"""The stored resources (upstreams and registries of a group) and their rules.
+"""The stored resources: an upstream or a registry of a group, at a version.
 
-Records are plain frozen dataclasses; a ``State`` is one consistent snapshot of
-the store at a generation, and turns into the runtime ``Config`` the resolver
-reads. Validation reuses config.py's URL rules and limits, and every message
-names the field and says what to fix.
+A record is the model object (model.Upstream; a registry's own fields) plus what
+only the store knows: the group, the version and the times. Documents are
+built from the model's fields by name, so a field added to the model reaches
+the stores, the seed and the API without being spelled out again
+(tests/unit/test_model_drift.py checks that it does). A ``State`` is one
+consistent snapshot of the store at a generation, and turns into the runtime
+``Config`` the resolver reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, cast, get_args
+from dataclasses import dataclass, field
+from typing import Any
 
 from vregistry_server.admin.crypto import Keyring
-from vregistry_server.config import normalize_upstream_url
 from vregistry_server.errors import InvalidArgument
 from vregistry_server.model import (
-    MAX_CACHE_VALIDITY_HOURS,
     Config,
     Credentials,
     Registry,
     RegistryUpstream,
     Settings,
-    TokenFlow,
     Upstream,
 )
+from vregistry_server.rules import FieldError, check_token_flow
+from vregistry_server.rules import check_id as _check_id
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-MAX_NAME = 255
-MAX_DESCRIPTION = 1024
-MAX_URL = 255
-MAX_USERNAME = 255
-MAX_PASSWORD = 4096
-MAX_CLIENT_ID = 255
-TOKEN_FLOWS: tuple[str, ...] = get_args(TokenFlow)
 SEED_GROUP = "default"
+
+# Model fields that the requests and responses (config_service.proto) call otherwise.
+REQUEST_FIELD_NAMES: Mapping[str, str] = {"name": "display_name", "id": "upstream_id"}
+# What a stored upstream document holds besides the model's fields.
+RECORD_FIELDS = ("group", "version", "create_time", "update_time")
+# Model fields that are not stored as they are (credentials are sealed; see upstream_to_doc).
+_UPSTREAM_PLAIN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Upstream) if f.name != "credentials"
+)
+_UPSTREAM_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Upstream) if f.default is not dataclasses.MISSING
+}
+# Written before the model and the documents shared their field names.
+_LEGACY_DOC_KEYS: Mapping[str, str] = {"name": "display_name"}
+
+
+def invalid(exc: FieldError, *, rename: Mapping[str, str] = REQUEST_FIELD_NAMES) -> InvalidArgument:
+    """A broken rule, named as the request names the field."""
+    return InvalidArgument(f"field '{rename.get(exc.field, exc.field)}': {exc.message}")
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRecord:
     group: str
-    id: str
-    display_name: str
-    url: str
-    description: str = ""
-    credentials: Credentials | None = None
-    cache_validity_hours: int = 24
-    allow_http: bool = False
-    token_flow: TokenFlow = "auto"
-    client_id: str = "vregistry"
+    upstream: Upstream
     version: int = 0
     create_time: float = 0.0
     update_time: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.upstream.id
 
     @property
     def resource_name(self) -> str:
@@ -64,27 +73,16 @@ class UpstreamRecord:
     def etag(self) -> str:
         return make_etag("upstream", self.id, self.version)
 
-    def to_upstream(self) -> Upstream:
-        return Upstream(
-            id=self.id,
-            name=self.display_name,
-            url=self.url,
-            credentials=self.credentials,
-            description=self.description,
-            cache_validity_hours=self.cache_validity_hours,
-            allow_http=self.allow_http,
-            token_flow=self.token_flow,
-            client_id=self.client_id,
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class RegistryRecord:
+    """A registry's own fields (named as in model.Registry) and its members by id."""
+
     group: str
     id: str
-    display_name: str
+    name: str
     description: str = ""
-    members: tuple[str, ...] = ()  # upstream ids; position = index + 1
+    members: tuple[str, ...] = ()  # upstream ids; position = index + 1 (model: upstreams)
     version: int = 0
     create_time: float = 0.0
     update_time: float = 0.0
@@ -105,7 +103,7 @@ class State:
     registries: Mapping[str, RegistryRecord] = field(default_factory=dict)
 
     def to_config(self, settings: Settings, source: str) -> Config:
-        upstreams = {uid: record.to_upstream() for uid, record in self.upstreams.items()}
+        upstreams = {uid: record.upstream for uid, record in self.upstreams.items()}
         registries: dict[str, Registry] = {}
         for rid, record in self.registries.items():
             members = tuple(
@@ -114,7 +112,7 @@ class State:
                 if uid in upstreams
             )
             registries[rid] = Registry(
-                id=rid, name=record.display_name, description=record.description, upstreams=members
+                id=rid, name=record.name, description=record.description, upstreams=members
             )
         return Config(upstreams=upstreams, registries=registries, settings=settings, source=source)
 
@@ -133,17 +131,6 @@ def upstream_name(group: str, upstream_id: str) -> str:
 
 def registry_name(group: str, registry_id: str) -> str:
     return f"groups/{group}/registries/{registry_id}"
-
-
-def check_id(field_name: str, value: str) -> str:
-    if not value:
-        raise InvalidArgument(f"field '{field_name}': is required")
-    if not ID_PATTERN.match(value):
-        raise InvalidArgument(
-            f"field '{field_name}': {value[:80]!r} is not a valid id: 1 to 63 letters, digits,"
-            " '.', '_' or '-', starting with a letter or digit"
-        )
-    return value
 
 
 def parse_parent(field_name: str, parent: str, *, allow_wildcard: bool = False) -> str:
@@ -171,83 +158,11 @@ def parse_name(field_name: str, name: str, collection: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- validation
 
 
-def check_text(field_name: str, value: str, *, required: bool, limit: int) -> str:
-    if required and not value.strip():
-        raise InvalidArgument(f"field '{field_name}': is required")
-    if len(value) > limit:
-        raise InvalidArgument(
-            f"field '{field_name}': is {len(value)} characters, at most {limit} allowed"
-        )
-    return value
-
-
-def check_url(value: str, *, allow_http: bool) -> str:
-    if not value.strip():
-        raise InvalidArgument("field 'url': is required")
-    if len(value) > MAX_URL:
-        raise InvalidArgument(f"field 'url': is {len(value)} characters, at most {MAX_URL} allowed")
+def check_id(field_name: str, value: str) -> str:
     try:
-        return normalize_upstream_url(value, allow_http=allow_http)
-    except ValueError as exc:
-        message = str(exc).replace("allow_http: true", "allow_http")
-        message = message.replace("username and password_env", "username and password")
-        raise InvalidArgument(f"field 'url': {message}") from None
-
-
-def check_credentials(username: str, password: str) -> Credentials | None:
-    """Both or neither; both empty means no credentials."""
-    if not username and not password:
-        return None
-    if not username:
-        raise InvalidArgument(
-            "field 'username': a password is given without a username (give both or neither)"
-        )
-    if not password:
-        raise InvalidArgument(
-            "field 'password': a username is given without a password (give both or neither)"
-        )
-    check_text("username", username, required=True, limit=MAX_USERNAME)
-    if len(password) > MAX_PASSWORD:
-        raise InvalidArgument(f"field 'password': is longer than {MAX_PASSWORD} characters")
-    if any(ch in username for ch in ":\r\n"):
-        raise InvalidArgument("field 'username': must not contain ':' or line breaks")
-    return Credentials(username=username, password=password)
-
-
-def check_cache_validity(value: int) -> int:
-    if not 0 <= value <= MAX_CACHE_VALIDITY_HOURS:
-        raise InvalidArgument(
-            f"field 'cache_validity_hours': {value} is out of range: 0 to {MAX_CACHE_VALIDITY_HOURS}"
-            " (0 means never re-check)"
-        )
-    return value
-
-
-def check_token_flow(value: str) -> TokenFlow:
-    if value not in TOKEN_FLOWS:
-        raise InvalidArgument(f"field 'token_flow': must be one of {', '.join(TOKEN_FLOWS)}")
-    return cast(TokenFlow, value)
-
-
-def validate_upstream(record: UpstreamRecord) -> UpstreamRecord:
-    """Check every field of a record about to be stored; returns it with a normalized URL."""
-    check_id("upstream_id", record.id)
-    check_text("display_name", record.display_name, required=True, limit=MAX_NAME)
-    check_text("description", record.description, required=False, limit=MAX_DESCRIPTION)
-    check_text("client_id", record.client_id, required=True, limit=MAX_CLIENT_ID)
-    check_cache_validity(record.cache_validity_hours)
-    check_token_flow(record.token_flow)
-    url = check_url(record.url, allow_http=record.allow_http)
-    if record.credentials is not None:
-        check_credentials(record.credentials.username, record.credentials.password)
-    return record if url == record.url else replace(record, url=url)
-
-
-def validate_registry(record: RegistryRecord) -> RegistryRecord:
-    check_id("registry_id", record.id)
-    check_text("display_name", record.display_name, required=True, limit=MAX_NAME)
-    check_text("description", record.description, required=False, limit=MAX_DESCRIPTION)
-    return record
+        return _check_id(field_name, value)
+    except FieldError as exc:
+        raise invalid(exc, rename={}) from None
 
 
 # --------------------------------------------------------------------------- documents
@@ -258,28 +173,18 @@ def credentials_aad(upstream_id: str) -> bytes:
 
 
 def upstream_to_doc(record: UpstreamRecord, keyring: Keyring | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "group": record.group,
-        "id": record.id,
-        "display_name": record.display_name,
-        "url": record.url,
-        "description": record.description,
-        "cache_validity_hours": record.cache_validity_hours,
-        "allow_http": record.allow_http,
-        "token_flow": record.token_flow,
-        "client_id": record.client_id,
-        "version": record.version,
-        "create_time": record.create_time,
-        "update_time": record.update_time,
-        "credentials": None,
-    }
-    if record.credentials is not None:
+    upstream = record.upstream
+    doc: dict[str, Any] = {name: getattr(upstream, name) for name in _UPSTREAM_PLAIN_FIELDS}
+    doc["realm_allow_hosts"] = list(upstream.realm_allow_hosts)
+    doc.update({name: getattr(record, name) for name in RECORD_FIELDS})
+    doc["credentials"] = None
+    if upstream.credentials is not None:
         if keyring is None:
             raise RuntimeError("no encryption key configured; credentials cannot be stored")
         plain = json.dumps(
-            {"u": record.credentials.username, "p": record.credentials.password}
+            {"u": upstream.credentials.username, "p": upstream.credentials.password}
         ).encode()
-        doc["credentials"] = keyring.seal(plain, credentials_aad(record.id))
+        doc["credentials"] = keyring.seal(plain, credentials_aad(upstream.id))
     return doc
 
 
@@ -291,41 +196,41 @@ def upstream_from_doc(doc: Mapping[str, Any], keyring: Keyring | None) -> Upstre
             raise RuntimeError("stored credentials need an encryption key; none is configured")
         plain = json.loads(keyring.open(str(sealed), credentials_aad(str(doc["id"]))))
         credentials = Credentials(username=str(plain["u"]), password=str(plain["p"]))
+    values = {name: _doc_value(doc, name) for name in _UPSTREAM_PLAIN_FIELDS}
+    values["realm_allow_hosts"] = tuple(str(h) for h in values["realm_allow_hosts"])
+    values["token_flow"] = check_token_flow(str(values["token_flow"]))
+    upstream = Upstream(**values, credentials=credentials)
     return UpstreamRecord(
         group=str(doc["group"]),
-        id=str(doc["id"]),
-        display_name=str(doc["display_name"]),
-        url=str(doc["url"]),
-        description=str(doc.get("description", "")),
-        credentials=credentials,
-        cache_validity_hours=int(doc.get("cache_validity_hours", 24)),
-        allow_http=bool(doc.get("allow_http", False)),
-        token_flow=check_token_flow(str(doc.get("token_flow", "auto"))),
-        client_id=str(doc.get("client_id", "vregistry")),
+        upstream=upstream,
         version=int(doc.get("version", 0)),
         create_time=float(doc.get("create_time", 0.0)),
         update_time=float(doc.get("update_time", 0.0)),
     )
 
 
+def _doc_value(doc: Mapping[str, Any], name: str) -> Any:
+    if name in doc:
+        return doc[name]
+    legacy = _LEGACY_DOC_KEYS.get(name)
+    if legacy is not None and legacy in doc:
+        return doc[legacy]
+    if name in _UPSTREAM_DEFAULTS:
+        return _UPSTREAM_DEFAULTS[name]
+    raise KeyError(name)
+
+
 def registry_to_doc(record: RegistryRecord) -> dict[str, Any]:
-    return {
-        "group": record.group,
-        "id": record.id,
-        "display_name": record.display_name,
-        "description": record.description,
-        "members": list(record.members),
-        "version": record.version,
-        "create_time": record.create_time,
-        "update_time": record.update_time,
-    }
+    doc = {f.name: getattr(record, f.name) for f in dataclasses.fields(RegistryRecord)}
+    doc["members"] = list(record.members)
+    return doc
 
 
 def registry_from_doc(doc: Mapping[str, Any]) -> RegistryRecord:
     return RegistryRecord(
         group=str(doc["group"]),
         id=str(doc["id"]),
-        display_name=str(doc["display_name"]),
+        name=str(doc.get("name", doc.get("display_name", ""))),
         description=str(doc.get("description", "")),
         members=tuple(str(m) for m in doc.get("members", ())),
         version=int(doc.get("version", 0)),

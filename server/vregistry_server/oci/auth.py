@@ -27,6 +27,7 @@ from vregistry_server.oci.http import Budget
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import RegistryPath, pull_scope
 from vregistry_server.oci.ping import AuthDiscovery, ping
+from vregistry_server.oci.retry import RetryPolicy
 from vregistry_server.oci.singleflight import SingleFlight
 from vregistry_server.oci.token_cache import CachedToken, TokenCache, cache_key
 from vregistry_server.oci.token_exchange import TokenExchanger
@@ -51,7 +52,8 @@ class Authenticator:
         self._cache = cache
         self._settings = settings
         self._observer = observer
-        self._exchanger = TokenExchanger(client, observer=observer)
+        self._retry = RetryPolicy.from_settings(settings)
+        self._exchanger = TokenExchanger(client, observer=observer, retry=self._retry)
         self._discoveries: dict[str, tuple[AuthDiscovery, float]] = {}
         self._discovery_flight: SingleFlight[AuthDiscovery] = SingleFlight()
         self._token_flight: SingleFlight[CachedToken] = SingleFlight()
@@ -71,7 +73,7 @@ class Authenticator:
 
     async def _ping_and_remember(self, upstream: Upstream) -> AuthDiscovery:
         try:
-            discovery = await ping(self._client, upstream, self._shared_budget())
+            discovery = await ping(self._client, upstream, self._shared_budget(), self._retry)
         except VRegistryError as exc:
             self._observer.ping(upstream.id, exc.reason.lower())
             if isinstance(exc, RealmRefused):
@@ -100,16 +102,21 @@ class Authenticator:
         self._discoveries.pop(upstream_id, None)
         self._exchanger.forget(upstream_id)
 
-    async def invalidate(self, upstream_id: str) -> None:
-        """Forget the upstream's challenge and flow, and delete the tokens we cached for it.
+    async def invalidate(self, *upstream_ids: str) -> None:
+        """Forget the upstreams' challenges and flows, and delete the tokens we cached for them.
 
         Cache keys are one-way hashes, so the keys this process stored are remembered
         per upstream; every replica applies a configuration change, so together they
-        drop every copy (also from Redis) at once.
+        drop every copy (also from Redis) at once. All keys go in one batched delete:
+        this runs inside the admin apply lock, and a Redis that hangs must cost it one
+        socket timeout at most, not one per key.
         """
-        self.forget(upstream_id)
-        for key in self._token_keys.pop(upstream_id, {}):
-            await self._cache.delete(key)
+        keys: dict[str, None] = {}
+        for upstream_id in upstream_ids:
+            self.forget(upstream_id)
+            keys.update(self._token_keys.pop(upstream_id, {}))
+        if keys:
+            await self._cache.delete_many(keys.keys())
 
     # ------------------------------------------------------------------ headers
 

@@ -93,8 +93,9 @@ class CircuitBreaker:
             circuit.trial_in_flight = False
 
     def forget(self, upstream_id: str) -> None:
-        self._circuits.pop(upstream_id, None)
-        self._observer.circuit_state(upstream_id, State.CLOSED)
+        """Start the upstream over: closed, no failures counted (its configuration changed)."""
+        if self._circuits.pop(upstream_id, None) is not None:
+            self._observer.circuit_state(upstream_id, State.CLOSED)
 
     def _set(self, upstream_id: str, circuit: _Circuit, state: State) -> None:
         circuit.state = state

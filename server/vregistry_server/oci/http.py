@@ -24,7 +24,7 @@ MAX_REDIRECTS = 3
 DEADLINE_MARGIN_SECONDS = 0.05
 MAX_ABANDONED_EXCHANGES = 2000
 USER_AGENT = "vregistry/0.1 (+https://github.com/vregistry/vregistry)"
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 def make_client(*, connect_timeout: float, request_timeout: float) -> httpx.AsyncClient:
@@ -42,7 +42,7 @@ def guarded_transport() -> httpx.AsyncHTTPTransport:
     """httpx's transport, with connections that obey the realm address policy.
 
     httpx does not expose httpcore's network_backend, so it is set on the pool
-    it built (httpx is pinned; tests/test_realm_policy.py checks this holds).
+    it built (httpx is pinned; tests/unit/test_realm_policy.py checks this holds).
     """
     transport = httpx.AsyncHTTPTransport(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -93,12 +93,18 @@ class Response:
         return self.headers.get_list(name)
 
 
-async def read_capped(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_capped(
+    response: httpx.Response, limit: int = MAX_BODY_BYTES, *, discard_oversized: bool = False
+) -> bytes:
+    """The body, at most ``limit`` bytes; a larger one raises, or with ``discard_oversized``
+    reads as empty (the rest is never read: closing the response drops the connection)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
+            if discard_oversized:
+                return b""
             raise UpstreamProtocolError(
                 f"response from {_origin(response.url)} is larger than {limit} bytes"
             )
@@ -151,11 +157,14 @@ async def send(
     data: dict[str, str] | None = None,
     read_body: bool = True,
     follow_redirects: bool = True,
+    discard_oversized_body: bool = False,
 ) -> Response:
     """Send a request within the budget, following redirects safely.
 
     Authorization is dropped as soon as a redirect leaves the original host,
-    and an https -> http downgrade is refused.
+    and an https -> http downgrade is refused. A body is read up to MAX_BODY_BYTES;
+    a larger one is an UpstreamProtocolError, or with ``discard_oversized_body`` (for
+    callers that only need the status) an empty body.
 
     The exchange is never cancelled in the middle: httpcore 1.0 can lose a pooled
     connection when a task is cancelled while it connects or closes (encode/httpcore
@@ -190,6 +199,7 @@ async def send(
             data=data,
             read_body=read_body,
             follow_redirects=follow_redirects,
+            discard_oversized_body=discard_oversized_body,
         )
     )
     try:
@@ -229,8 +239,9 @@ async def _exchange(
     data: dict[str, str] | None,
     read_body: bool,
     follow_redirects: bool,
+    discard_oversized_body: bool,
 ) -> Response:
-    original_host = (current.host, current.port)
+    original = current
     async with transport_errors(current):
         for _hop in range(MAX_REDIRECTS + 1):
             request = client.build_request(
@@ -244,25 +255,36 @@ async def _exchange(
             response = await client.send(request, stream=True)
             try:
                 location = response.headers.get("location")
-                if follow_redirects and response.status_code in _REDIRECT_STATUSES and location:
+                if follow_redirects and response.status_code in REDIRECT_STATUSES and location:
                     target = current.join(location)
-                    _check_redirect(current, target)
-                    if (target.host, target.port) != original_host:
+                    check_redirect(current, target)
+                    if not same_host(target, original):
                         headers.pop("Authorization", None)
                         headers.pop("authorization", None)
                     if response.status_code == 303 and method != "HEAD":
                         method, data = "GET", None
                     current, params = target, None
                     continue
-                body = await read_capped(response) if read_body and method != "HEAD" else b""
+                body = b""
+                if read_body and method != "HEAD":
+                    body = await read_capped(response, discard_oversized=discard_oversized_body)
                 return Response(response.status_code, response.headers, body, response.url)
             finally:
                 await response.aclose()
     raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {_origin(current)}")
 
 
-def _check_redirect(current: httpx.URL, target: httpx.URL) -> None:
+def same_host(a: httpx.URL, b: httpx.URL) -> bool:
+    """Would Authorization meant for ``a`` stay where it belongs at ``b``?"""
+    return (a.host, a.port) == (b.host, b.port)
+
+
+def check_redirect(current: httpx.URL, target: httpx.URL) -> None:
+    """A redirect must stay on http(s) and never downgrade https to http."""
     if target.scheme not in {"http", "https"}:
         raise UpstreamProtocolError(f"redirect from {_origin(current)} to a non-http URL")
     if current.scheme == "https" and target.scheme == "http":
         raise UpstreamProtocolError(f"redirect from {_origin(current)} downgrades https to http")
+
+
+_check_redirect = check_redirect  # the name tests/unit/test_realm_policy.py imports

@@ -31,6 +31,7 @@ __all__ = [
     "Endpoint",
     "PathError",
     "RegistryPath",
+    "check_actions",
     "parse_path",
     "parse_path_or_repository",
     "pull_scope",
@@ -166,6 +167,17 @@ def pull_scope(path: RegistryPath, actions: Sequence[str] = ()) -> str | None:
     ``actions`` defaults to ``pull``; each must be one of pull, push, delete or
     ``*``. Duplicates are dropped, order is kept. A bare string is one action.
     """
+    chosen = check_actions(actions)
+    if path.repository is None:
+        return None
+    return f"repository:{path.repository}:{','.join(chosen or ('pull',))}"
+
+
+def check_actions(actions: Sequence[str]) -> tuple[str, ...]:
+    """The requested token actions, each one of pull, push, delete or ``*``, without duplicates.
+
+    Checked before any network call, whatever auth scheme the upstream turns out to use.
+    """
     if isinstance(actions, str):
         actions = (actions,)
     chosen: list[str] = []
@@ -174,9 +186,7 @@ def pull_scope(path: RegistryPath, actions: Sequence[str] = ()) -> str | None:
             raise PathError(f"unknown action {_quote(action)}; expected pull, push, delete or *")
         if action not in chosen:
             chosen.append(action)
-    if path.repository is None:
-        return None
-    return f"repository:{path.repository}:{','.join(chosen or ['pull'])}"
+    return tuple(chosen)
 
 
 # ---------------------------------------------------------------------- helpers

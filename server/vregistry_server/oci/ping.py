@@ -1,7 +1,10 @@
 """Auth discovery: ask ``{url}/v2/`` how the upstream wants to be authenticated.
 
 The answer (no auth, Basic, or Bearer with a realm and service) is what the
-registry itself advertises; nothing about any registry is hard-coded.
+registry itself advertises; nothing about any registry is hard-coded. The ping
+runs under the retry policy (oci/retry.py): one 503 from ``/v2/`` does not fail
+it, and a 429 (Docker Hub and GHCR rate-limit ``/v2/`` too) is reported as a rate
+limit with its Retry-After, not as an unreachable upstream.
 """
 
 from __future__ import annotations
@@ -10,7 +13,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
+from vregistry_server.errors import (
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamUnreachable,
+)
 from vregistry_server.model import Scheme, Upstream
 from vregistry_server.oci.challenge import (
     Challenge,
@@ -20,6 +27,13 @@ from vregistry_server.oci.challenge import (
 )
 from vregistry_server.oci.http import Budget, Response, send
 from vregistry_server.oci.realm_policy import check_realm_host
+from vregistry_server.oci.retry import (
+    DEFAULT_RETRY_POLICY,
+    RATE_LIMITED,
+    TEMPORARY_STATUSES,
+    RetryPolicy,
+    retry_after,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +55,24 @@ class AuthDiscovery:
 NO_AUTH = AuthDiscovery(Scheme.NONE)
 
 
-async def ping(client: httpx.AsyncClient, upstream: Upstream, budget: Budget) -> AuthDiscovery:
-    response = await send(client, "GET", upstream.url_for(""), budget=budget)
+async def ping(
+    client: httpx.AsyncClient,
+    upstream: Upstream,
+    budget: Budget,
+    retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+) -> AuthDiscovery:
+    url = upstream.url_for("")
+    response = await retry.run(budget, lambda: send(client, "GET", url, budget=budget))
     if 200 <= response.status < 300:
         return NO_AUTH
     if response.status == 401:
         return discovery_from_response(upstream, response)
-    if response.status == 429 or response.status >= 500:
+    if response.status == RATE_LIMITED:
+        raise UpstreamRateLimited(
+            f"upstream {upstream.name!r} is rate-limiting {upstream.url}/v2/ (HTTP 429)",
+            retry_after_seconds=retry_after(response),
+        )
+    if response.status in TEMPORARY_STATUSES or response.status >= 500:
         raise UpstreamUnreachable(
             f"upstream {upstream.name!r} answered HTTP {response.status} to {upstream.url}/v2/"
         )

@@ -5,16 +5,21 @@ failure "not found": each upstream's outcome is kept apart (found, not found,
 auth failed, rate limited, unavailable, not checked). Upstreams are probed
 concurrently, but the answer is the one sequential checking would give: the
 result of position N is only accepted once positions 1..N-1 have answered.
+
+Each request runs under the retry policy (oci/retry.py). ``tags/list`` is asked
+with GET (the spec defines no HEAD for it), and a HEAD answered 400, 405 or 501
+(servers that do not serve HEAD there) is asked again with GET. A manifest's
+redirect is followed as containerd does (see ``Prober._follow``); a blob's redirect
+to storage already says "found" and is not followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import random
 import time
 from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -22,9 +27,10 @@ from vregistry_server.errors import (
     CredentialsRejected,
     NotFoundOnUpstreams,
     ResolveFailed,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
     UpstreamsRefusedCredentials,
     UpstreamsUnavailable,
-    UpstreamUnreachable,
     VRegistryError,
 )
 from vregistry_server.model import (
@@ -36,13 +42,23 @@ from vregistry_server.model import (
     RegistryUpstream,
     Resolution,
     Settings,
+    Upstream,
 )
 from vregistry_server.oci.auth import Authenticator
 from vregistry_server.oci.circuit import CircuitBreaker
-from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.http import (
+    MAX_REDIRECTS,
+    REDIRECT_STATUSES,
+    Budget,
+    Response,
+    check_redirect,
+    same_host,
+    send,
+)
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import Endpoint, RegistryPath
 from vregistry_server.oci.ping import discovery_from_response
+from vregistry_server.oci.retry import RetryPolicy, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +71,9 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
-_STORAGE_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
-MAX_RETRY_AFTER_SECONDS = 24 * 3600
+# Answers to a HEAD with which a server says "not with HEAD" (go-containerregistry's
+# registry answers 400 for HEAD of tags/list, distribution 405): ask again with GET.
+_HEAD_REFUSED_STATUSES = frozenset({400, 405, 501})
 
 
 class Prober:
@@ -74,6 +90,7 @@ class Prober:
         self._auth = authenticator
         self._settings = settings
         self._observer = observer
+        self._retry = RetryPolicy.from_settings(settings)
         self.breaker = breaker or CircuitBreaker(
             failure_threshold=settings.circuit_failure_threshold,
             reset_after_seconds=settings.circuit_reset_seconds,
@@ -129,6 +146,10 @@ class Prober:
         hit: Hit | None = None
         try:
             hit = await self._probe(member, path, probe_budget, attempt)
+        except UpstreamRateLimited as exc:  # its /v2/ or its token server answered 429
+            attempt.outcome, attempt.message = Outcome.RATE_LIMITED, exc.message
+            attempt.http_status = exc.http_status
+            attempt.retry_after_seconds = exc.retry_after_seconds
         except CredentialsRejected as exc:
             attempt.outcome, attempt.message = Outcome.AUTH_FAILED, exc.message
         except VRegistryError as exc:
@@ -140,6 +161,9 @@ class Prober:
             raise
         elapsed = time.perf_counter() - started
         attempt.latency_ms = round(elapsed * 1000, 3)
+        # Only UNAVAILABLE counts against the circuit: a rate-limited upstream (429 to the
+        # probe, to its ping or from its token server) is up and answering, and says when
+        # to come back; opening its circuit would only hide that delay.
         if attempt.outcome is Outcome.UNAVAILABLE:
             self.breaker.record_failure(upstream.id)
         else:
@@ -164,7 +188,7 @@ class Prober:
         url = upstream.url_for(path.api_path)
         auth = await self._auth.headers_for(upstream, path, budget)
         headers = _fetch_headers(path, auth)
-        response = await self._check_with_retries(url, headers, budget)
+        response = await self._check(url, path, headers, budget)
         if response.status == 401:
             # The token was revoked or expired early, or this resource asks for
             # another challenge than /v2/ did: re-authenticate once and retry.
@@ -175,68 +199,114 @@ class Prober:
                     upstream, path, budget, discovery=discovery, bypass_cache=True
                 )
                 headers = _fetch_headers(path, auth)
-                response = await self._check_with_retries(url, headers, budget)
+                response = await self._check(url, path, headers, budget)
+        if path.is_manifest and response.status in REDIRECT_STATUSES:
+            url, headers, response = await self._follow(
+                upstream, path, url, headers, response, budget
+            )
         attempt.http_status = response.status
         return _classify(member, path, url, headers, response, attempt)
 
-    async def _check_with_retries(
-        self, url: str, headers: dict[str, str], budget: Budget
+    async def _follow(
+        self,
+        upstream: Upstream,
+        path: RegistryPath,
+        url: str,
+        headers: dict[str, str],
+        response: Response,
+        budget: Budget,
+    ) -> tuple[str, dict[str, str], Response]:
+        """Follow a manifest's redirects as containerd does; returns where it really is.
+
+        At most MAX_REDIRECTS hops, never https to http. Authorization goes to the
+        upstream's own host only: at another host (registry.k8s.io sends manifests to
+        another registry) the request goes without it, and a 401 with a challenge there
+        is answered by authenticating anew at that host, from that 401's challenge, for
+        the same scope, anonymously: the upstream's credentials are for the upstream,
+        never for another host or its token server. The final URL, and the headers that
+        work there, are what the caller gets to fetch the manifest with.
+        """
+        origin = current = httpx.URL(url)
+        plain = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        # The headers each host gets: the upstream's own, or what its own challenge gave.
+        per_host: list[tuple[httpx.URL, dict[str, str]]] = [(origin, headers)]
+        hops = 0
+        while response.status in REDIRECT_STATUSES and (
+            location := response.headers.get("location")
+        ):
+            if hops == MAX_REDIRECTS:
+                raise UpstreamProtocolError(
+                    f"upstream {upstream.name!r} redirected {path.api_path} more than "
+                    f"{MAX_REDIRECTS} times"
+                )
+            hops += 1
+            target = current.join(location)
+            check_redirect(current, target)
+            current = target
+            known = next((h for u, h in per_host if same_host(u, current)), None)
+            headers = plain if known is None else known
+            response = await self._check(str(current), path, headers, budget)
+            if known is None:
+                if response.status == 401:
+                    elsewhere = _redirect_target_upstream(upstream, current)
+                    discovery = discovery_from_response(elsewhere, response)
+                    auth = await self._auth.headers_for(
+                        elsewhere, path, budget, discovery=discovery
+                    )
+                    headers = {**plain, **auth.headers}
+                    response = await self._check(str(current), path, headers, budget)
+                per_host.append((current, headers))
+        return str(current), headers, response
+
+    async def _check(
+        self, url: str, path: RegistryPath, headers: dict[str, str], budget: Budget
     ) -> Response:
-        """Retry transient failures (connection errors, 408, 5xx, a short 429) within the budget."""
-        retries = self._settings.probe_retries
-        for retry in range(retries + 1):
-            final = retry == retries
-            try:
-                response = await self._check(url, headers, budget)
-            except UpstreamUnreachable:
-                if final or not await _sleep_within(self._backoff(retry), budget):
-                    raise
-                continue
-            wait = self._retry_wait(response, retry)
-            if wait is None or final or not await _sleep_within(wait, budget):
-                return response
-        raise AssertionError("unreachable: the last try returns or raises")
+        """Ask for the resource once, under the retry policy; no redirect is followed."""
+        return await self._retry.run(budget, lambda: self._ask(url, path, headers, budget))
 
-    def _backoff(self, retry: int) -> float:
-        # Full jitter: spreads the retries of many replicas hitting one upstream.
-        ceiling = self._settings.retry_backoff_seconds * (2**retry)
-        return random.uniform(0, ceiling)
-
-    def _retry_wait(self, response: Response, retry: int) -> float | None:
-        if response.status == 429:
-            retry_after = _retry_after(response)
-            if retry_after > self._settings.max_retry_after_wait_seconds:
-                return None  # too long to wait inside one call: report it and move on
-            return float(retry_after) if retry_after else self._backoff(retry)
-        if response.status in _TRANSIENT_STATUSES:
-            return self._backoff(retry)
-        return None
-
-    async def _check(self, url: str, headers: dict[str, str], budget: Budget) -> Response:
-        # Redirects are not followed: a blob's redirect to storage already says "found",
-        # and following it would carry Authorization to the storage host.
-        response = await send(
-            self._client, "HEAD", url, budget=budget, headers=headers, follow_redirects=False
-        )
-        if response.status == 405:
+    async def _ask(
+        self, url: str, path: RegistryPath, headers: dict[str, str], budget: Budget
+    ) -> Response:
+        # Redirects are not followed here: a blob's redirect to storage already says
+        # "found", and following it would carry Authorization to the storage host; a
+        # manifest's is followed by _follow, hop by hop.
+        if path.endpoint is not Endpoint.TAGS_LIST:
             response = await send(
-                self._client,
-                "GET",
-                url,
-                budget=budget,
-                headers=headers,
-                read_body=False,
-                follow_redirects=False,
+                self._client, "HEAD", url, budget=budget, headers=headers, follow_redirects=False
             )
-        return response
+            if response.status not in _HEAD_REFUSED_STATUSES:
+                return response
+        # GET: a blob's body is never read; any other is read only up to the cap
+        # (MAX_BODY_BYTES; a longer tag list is not an error, only not read).
+        return await send(
+            self._client,
+            "GET",
+            url,
+            budget=budget,
+            headers=headers,
+            read_body=path.endpoint is not Endpoint.BLOBS,
+            discard_oversized_body=True,
+            follow_redirects=False,
+        )
 
 
-async def _sleep_within(seconds: float, budget: Budget) -> bool:
-    """Sleep unless that would leave no time for the next try."""
-    if seconds + 0.05 >= budget.remaining():
-        return False
-    await asyncio.sleep(seconds)
-    return True
+def _redirect_target_upstream(upstream: Upstream, url: httpx.URL) -> Upstream:
+    """The host a manifest was redirected to, as an anonymous upstream of its own.
+
+    Its own id (token cache, flow memory, address class), its own origin (the realm
+    policy judges the target's realm against the target, not the upstream), no
+    credentials and no realm allow-list: nothing configured for the upstream applies.
+    """
+    netloc = url.netloc.decode("ascii", "replace")
+    return dataclasses.replace(
+        upstream,
+        id=f"{upstream.id}@{netloc}",
+        name=f"{upstream.name} (redirected to {url.host})",
+        url=f"{url.scheme}://{netloc}",
+        credentials=None,
+        token_flow="auto",
+        realm_allow_hosts=(),
+    )
 
 
 def _fetch_headers(path: RegistryPath, auth: AuthHeaders) -> dict[str, str]:
@@ -256,7 +326,7 @@ def _classify(
 ) -> Hit | None:
     status = response.status
     upstream = member.upstream
-    if status == 200 or (status in _STORAGE_REDIRECTS and path.endpoint is Endpoint.BLOBS):
+    if status == 200 or (status in REDIRECT_STATUSES and path.endpoint is Endpoint.BLOBS):
         attempt.outcome = Outcome.FOUND
         return Hit(
             member=member,
@@ -273,7 +343,7 @@ def _classify(
         attempt.message = f"upstream {upstream.name!r} refused access (HTTP {status})"
     elif status == 429:
         attempt.outcome = Outcome.RATE_LIMITED
-        attempt.retry_after_seconds = _retry_after(response)
+        attempt.retry_after_seconds = retry_after(response)
         attempt.message = f"upstream {upstream.name!r} is rate-limiting (HTTP 429)"
     else:
         attempt.outcome = Outcome.UNAVAILABLE
@@ -294,20 +364,6 @@ def _size(response: Response) -> int:
     except ValueError:
         return -1
     return size if size >= 0 else -1
-
-
-def _retry_after(response: Response) -> int:
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return 0
-    if value.isdigit():
-        return min(int(value), MAX_RETRY_AFTER_SECONDS)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0
-    seconds = int(when.timestamp() - time.time() + 0.999)
-    return max(0, min(seconds, MAX_RETRY_AFTER_SECONDS))
 
 
 def _failure(registry: Registry, path: RegistryPath, attempts: Sequence[Attempt]) -> ResolveFailed:

@@ -148,6 +148,10 @@ class AddressGuard:
         )
         return classes
 
+    def forget(self, upstream_id: str) -> None:
+        """Drop the upstream's cached address classes (its url may point elsewhere now)."""
+        self._upstream_classes.pop(upstream_id, None)
+
     async def admit(self, upstream: Upstream, realm: httpx.URL) -> frozenset[AddressClass]:
         """Check the realm's addresses; returns the classes its connections may use."""
         allowed = allowed_classes(await self.upstream_classes(upstream))

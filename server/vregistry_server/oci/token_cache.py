@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "vregistry:token:v1:"
 REDIS_RETRY_SECONDS = 1.0
 MAX_REDIS_CONNECTIONS = 32
+# Keys per DEL command in a batched delete; more keys go as several DELs in one pipeline.
+DELETE_CHUNK_KEYS = 256
 _SEALED_PREFIX = "aesgcm1:"
 
 
@@ -59,6 +62,10 @@ class TokenCache(Protocol):
     async def set(self, key: str, token: CachedToken, ttl_seconds: float) -> None: ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def delete_many(self, keys: Collection[str]) -> None:
+        """Delete many keys at once: one round trip, not one per key."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -102,6 +109,10 @@ class MemoryTokenCache:
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
+
+    async def delete_many(self, keys: Collection[str]) -> None:
+        for key in keys:
+            self._entries.pop(key, None)
 
     async def aclose(self) -> None:
         self._entries.clear()
@@ -205,13 +216,35 @@ class RedisTokenCache:
         self._mark_healthy()
 
     async def delete(self, key: str) -> None:
-        await self._fallback.delete(key)
+        await self.delete_many((key,))
+
+    async def delete_many(self, keys: Collection[str]) -> None:
+        """Drop the keys from every layer: memory at once, Redis in one round trip.
+
+        While degraded (within the back-off) Redis is not tried at all, like ``get`` and
+        ``set``: a Redis that hangs would otherwise cost a socket timeout per call, and
+        a configuration change deletes up to a thousand keys per upstream.
+        """
+        if not keys:
+            return
+        await self._fallback.delete_many(keys)
         if self._near is not None:
-            await self._near.delete(key)
+            await self._near.delete_many(keys)
+        if self._skip_redis():
+            return
+        batch = list(keys)
         try:
-            await self._redis.delete(key)
+            if len(batch) <= DELETE_CHUNK_KEYS:
+                await self._redis.delete(*batch)
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for start in range(0, len(batch), DELETE_CHUNK_KEYS):
+                        pipe.delete(*batch[start : start + DELETE_CHUNK_KEYS])
+                    await pipe.execute()
         except (RedisError, OSError) as exc:
             self._mark_degraded(exc)
+            return
+        self._mark_healthy()
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -5,7 +5,9 @@ with Basic credentials) is what Docker Hub, GHCR, Quay and Harbor speak; the
 OAuth2 form POST (``grant_type=password`` or ``refresh_token``) is what Azure's
 registry requires. We try the one that worked last time for the upstream, fall
 back to the other when a token server refuses a flow, and only call the
-credentials rejected when both flows refuse them.
+credentials rejected when both flows refuse them. Every request runs under the
+retry policy (oci/retry.py), so one 503 from a token server does not fail the
+call; a 429 is a rate limit (with its Retry-After), never a flow refusal.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vregistry_server.errors import (
     CredentialsRejected,
     RealmRefused,
     UpstreamProtocolError,
+    UpstreamRateLimited,
     UpstreamUnreachable,
     VRegistryError,
 )
@@ -33,6 +36,13 @@ from vregistry_server.oci.http import Budget, Response, send
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.ping import AuthDiscovery
 from vregistry_server.oci.realm_policy import AddressGuard, lift_restriction, restrict_connections
+from vregistry_server.oci.retry import (
+    DEFAULT_RETRY_POLICY,
+    RATE_LIMITED,
+    TEMPORARY_STATUSES,
+    RetryPolicy,
+    retry_after,
+)
 
 # The Docker token spec: expires_in defaults to 60 s and should never be less.
 MIN_TOKEN_LIFETIME_SECONDS = 60.0
@@ -72,17 +82,21 @@ class TokenExchanger:
         guard: AddressGuard | None = None,
         *,
         observer: Observer = NULL_OBSERVER,
+        retry: RetryPolicy = DEFAULT_RETRY_POLICY,
     ) -> None:
         self._client = client
         self._observer = observer
+        self._retry = retry
         self._guard = guard or AddressGuard()
         self._working_flow: dict[str, Flow] = {}
         self._refresh_tokens: dict[tuple[str, str, str, str], str] = {}
 
     def forget(self, upstream_id: str) -> None:
+        """Drop the upstream's working flow, refresh tokens and the realm policy's address cache."""
         self._working_flow.pop(upstream_id, None)
         for key in [k for k in self._refresh_tokens if k[0] == upstream_id]:
             del self._refresh_tokens[key]
+        self._guard.forget(upstream_id)
 
     def flow_for(self, upstream: Upstream) -> Flow:
         if upstream.token_flow != "auto":
@@ -140,8 +154,16 @@ class TokenExchanger:
         if upstream.credentials is not None:
             headers["Authorization"] = basic_authorization(upstream.credentials)
         async with self._realm_connections(upstream, discovery):
-            response = await send(
-                self._client, "GET", discovery.realm, budget=budget, headers=headers, params=params
+            response = await self._retry.run(
+                budget,
+                lambda: send(
+                    self._client,
+                    "GET",
+                    discovery.realm,
+                    budget=budget,
+                    headers=headers,
+                    params=params,
+                ),
             )
         return _token_from_response("get", upstream, response)
 
@@ -185,13 +207,16 @@ class TokenExchanger:
         if scopes:
             form["scope"] = " ".join(scopes)
         async with self._realm_connections(upstream, discovery):
-            response = await send(
-                self._client,
-                "POST",
-                discovery.realm,
-                budget=budget,
-                headers={"Accept": "application/json"},
-                data=form,
+            response = await self._retry.run(
+                budget,
+                lambda: send(
+                    self._client,
+                    "POST",
+                    discovery.realm,
+                    budget=budget,
+                    headers={"Accept": "application/json"},
+                    data=form,
+                ),
             )
         token = _token_from_response("oauth2", upstream, response)
         if token.refresh_token:
@@ -208,7 +233,12 @@ def _password_grant(credentials: Credentials) -> dict[str, str]:
 
 
 def _token_from_response(flow: Flow, upstream: Upstream, response: Response) -> Token:
-    if response.status == 429 or response.status >= 500:
+    if response.status == RATE_LIMITED:
+        raise UpstreamRateLimited(
+            f"token server of upstream {upstream.name!r} is rate-limiting (HTTP 429)",
+            retry_after_seconds=retry_after(response),
+        )
+    if response.status in TEMPORARY_STATUSES or response.status >= 500:
         raise UpstreamUnreachable(
             f"token server of upstream {upstream.name!r} answered HTTP {response.status}"
         )

@@ -7,6 +7,7 @@ only ``has_credentials``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -22,8 +23,14 @@ from vregistry_server.admin.manager import (
     UpstreamInput,
     build_unsaved_upstream,
 )
-from vregistry_server.admin.records import RegistryRecord, UpstreamRecord, upstream_name
+from vregistry_server.admin.records import (
+    REQUEST_FIELD_NAMES,
+    RegistryRecord,
+    UpstreamRecord,
+    upstream_name,
+)
 from vregistry_server.errors import InvalidArgument
+from vregistry_server.model import Upstream
 from vregistry_server.rpc.boundary import NullRpcObserver, RpcObserver, handle, timestamp
 
 log = logging.getLogger(__name__)
@@ -122,11 +129,11 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         async def run() -> cpb.TestUpstreamResponse:
             target = request.WhichOneof("target")
             if target == "name":
-                upstream = (await self._manager.get_upstream(request.name)).to_upstream()
+                upstream = (await self._manager.get_upstream(request.name)).upstream
             elif target == "upstream":
                 upstream = build_unsaved_upstream(
                     "test", "unsaved", _upstream_input(request.upstream)
-                ).to_upstream()
+                ).upstream
             else:
                 raise InvalidArgument("field 'target': give name or upstream")
             result = await check_upstream(self._manager.resolver, upstream, request.path)
@@ -239,22 +246,28 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
 # --------------------------------------------------------------------------- conversions
 
 
+# Model fields that the proto carries as they are, under their request names; the
+# others are mapped by hand below (tests/unit/test_model_drift.py checks the split).
+PB_PLAIN_FIELDS: tuple[str, ...] = tuple(
+    f.name
+    for f in dataclasses.fields(Upstream)
+    if f.name not in {"id", "credentials", "token_flow"}
+)
+
+
 def _upstream_input(message: Any) -> UpstreamInput:
     flow = _FLOW_FROM_PB.get(message.token_flow, "")
     if message.token_flow and not flow:
         raise InvalidArgument(f"field 'token_flow': unknown value {message.token_flow}")
+    values: dict[str, Any] = {
+        REQUEST_FIELD_NAMES.get(name, name): getattr(message, REQUEST_FIELD_NAMES.get(name, name))
+        for name in PB_PLAIN_FIELDS
+    }
+    values["realm_allow_hosts"] = tuple(message.realm_allow_hosts)
+    if not message.HasField("cache_validity_hours"):
+        values["cache_validity_hours"] = None
     return UpstreamInput(
-        display_name=message.display_name,
-        url=message.url,
-        description=message.description,
-        username=message.username,
-        password=message.password,
-        cache_validity_hours=(
-            message.cache_validity_hours if message.HasField("cache_validity_hours") else None
-        ),
-        allow_http=message.allow_http,
-        token_flow=flow,
-        client_id=message.client_id,
+        **values, username=message.username, password=message.password, token_flow=flow
     )
 
 
@@ -263,17 +276,15 @@ def _registry_input(message: Any) -> RegistryInput:
 
 
 def upstream_to_pb(record: UpstreamRecord) -> cpb.UpstreamConfig:
+    upstream = record.upstream
     # Deliberately no username and no password: credentials are write-only.
     return cpb.UpstreamConfig(
         name=record.resource_name,
-        display_name=record.display_name,
-        url=record.url,
-        description=record.description,
-        has_credentials=record.credentials is not None,
-        cache_validity_hours=record.cache_validity_hours,
-        allow_http=record.allow_http,
-        token_flow=_FLOW_TO_PB[record.token_flow],
-        client_id=record.client_id,
+        **{
+            REQUEST_FIELD_NAMES.get(name, name): getattr(upstream, name) for name in PB_PLAIN_FIELDS
+        },
+        has_credentials=upstream.credentials is not None,
+        token_flow=_FLOW_TO_PB[upstream.token_flow],
         etag=record.etag,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
@@ -283,7 +294,7 @@ def upstream_to_pb(record: UpstreamRecord) -> cpb.UpstreamConfig:
 def registry_to_pb(record: RegistryRecord) -> cpb.RegistryConfig:
     return cpb.RegistryConfig(
         name=record.resource_name,
-        display_name=record.display_name,
+        display_name=record.name,
         description=record.description,
         upstreams=[
             cpb.RegistryMember(upstream=upstream_name(record.group, uid), position=index)

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from vregistry_server.admin.callers import SERVICE_ROLES, Callers
+from vregistry_server.errors import PermissionDenied, Unauthenticated
 from vregistry_server.rpc import status
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ def _deny(
     async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
         peer = context.peer()
         log.info("caller refused (peer)", extra={"method": method, "peer": peer, "why": why})
-        await status.abort(context, code, message, code.name)
+        reason = (
+            Unauthenticated.reason
+            if code is grpc.StatusCode.UNAUTHENTICATED
+            else PermissionDenied.reason
+        )
+        await status.abort(context, code, message, reason)
 
     return grpc.unary_unary_rpc_method_handler(refuse)

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from vregistry_server.errors import ERROR_DOMAIN
+from vregistry_server.errors import ERROR_DOMAIN, Internal
 
 
 async def abort(
@@ -39,7 +39,9 @@ async def abort(
 
 async def abort_internal(context: grpc.aio.ServicerContext) -> NoReturn:
     """An unexpected failure: a generic message, the details stay in the server log."""
-    await abort(context, grpc.StatusCode.INTERNAL, "internal error; see server logs", "INTERNAL")
+    await abort(
+        context, grpc.StatusCode.INTERNAL, "internal error; see server logs", Internal.reason
+    )
 
 
 def _pack(message: Message) -> any_pb2.Any:

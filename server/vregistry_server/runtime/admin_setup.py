@@ -22,7 +22,8 @@ import grpc
 from vregistry_server.admin.callers import Callers, CallersError
 from vregistry_server.admin.crypto import Keyring, KeyringError, generate_key_line
 from vregistry_server.admin.manager import ConfigManager
-from vregistry_server.admin.stores.base import MemoryStore, Store
+from vregistry_server.admin.stores.base import Store
+from vregistry_server.admin.stores.memory import MemoryStore
 from vregistry_server.admin.stores.redis import RedisStore
 from vregistry_server.admin.stores.sqlite import SqliteStore
 from vregistry_server.model import Config
@@ -102,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> No
         default=env.get("VREGISTRY_STORE"),
         choices=STORES,
         help="where ConfigService keeps upstreams and registries (env VREGISTRY_STORE); "
-        "default: sqlite with --data-dir, else off",
+        "default: sqlite with --data-dir, else off; memory is one process's own (refused "
+        "with --workers above 1)",
     )
     group.add_argument(
         "--store-redis-url",

@@ -76,7 +76,7 @@ async def start_server(
 ) -> RunningServer:
     """Build and start the server; ``listen`` may use port 0 for a free port.
 
-    ``admin`` (see admin/setup.py) adds ConfigService, the caller-auth
+    ``admin`` (see runtime/admin_setup.py) adds ConfigService, the caller-auth
     interceptor and TLS credentials; without it the server is plaintext and open.
     """
     resolver = resolver or Resolver(config, observer=PROMETHEUS)
@@ -250,6 +250,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.workers < 1:
         print("vregistry-server: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and admin_options.store == "memory":
+        # Each worker is its own process with its own MemoryStore: a ConfigService write
+        # would reach the one worker that took the call, and the others keep serving the
+        # old configuration.
+        print(
+            f"vregistry-server: --store memory cannot be used with --workers {args.workers}: "
+            "every worker would keep its own configuration and a ConfigService change would "
+            "reach only one of them; use --store sqlite --data-dir DIR or --store redis "
+            "(shared by all workers), or --workers 1",
+            file=sys.stderr,
+        )
         return 2
     if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         print("vregistry-server: --loop uvloop needs the uvloop package", file=sys.stderr)

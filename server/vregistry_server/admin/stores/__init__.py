@@ -1,3 +1,3 @@
-"""Where the managed configuration lives: ``base`` (the contract and the in-memory
-store), ``sqlite`` (one file, ``--data-dir``) and ``redis`` (shared by replicas),
-each with change notification for live reload."""
+"""Where the managed configuration lives: ``base`` (the contract), ``memory`` (tests,
+development), ``sqlite`` (one file, ``--data-dir``) and ``redis`` (shared by
+replicas), each with change notification for live reload."""
