@@ -23,6 +23,8 @@ credential or a token.
     │   ├── RegistryHasNoUpstreams .... FAILED_PRECONDITION REGISTRY_HAS_NO_UPSTREAMS
     │   ├── UpstreamInUse ............. FAILED_PRECONDITION UPSTREAM_IN_USE
     │   ├── LimitReached .............. FAILED_PRECONDITION LIMIT_REACHED
+    │   ├── CredentialsUnreadable ..... FAILED_PRECONDITION CREDENTIALS_UNREADABLE
+    │   ├── EgressRefused ............. FAILED_PRECONDITION EGRESS_REFUSED
     │   └── CredentialsRejected ....... FAILED_PRECONDITION UPSTREAM_CREDENTIALS_REJECTED
     │       ├── RealmRefused .......... FAILED_PRECONDITION UPSTREAM_REALM_REFUSED
     │       └── UpstreamsRefusedCredentials* (same code and reason)
@@ -36,6 +38,7 @@ credential or a token.
     │   └── ResolveDeadlineExceeded* .. (same)
     ├── Unauthenticated ............... UNAUTHENTICATED    UNAUTHENTICATED
     ├── PermissionDenied .............. PERMISSION_DENIED  PERMISSION_DENIED
+    │   └── ActionNotAllowed .......... PERMISSION_DENIED  ACTION_NOT_ALLOWED
     └── Internal ...................... INTERNAL           INTERNAL
 
 ``*`` ResolveUpstream failures: they also inherit ``ResolveFailed`` and carry
@@ -143,6 +146,18 @@ class CredentialsRejected(FailedPrecondition):
     reason = "UPSTREAM_CREDENTIALS_REJECTED"
 
 
+class CredentialsUnreadable(FailedPrecondition):
+    """The stored credentials do not decrypt for this record (tampered, or no key)."""
+
+    reason = "CREDENTIALS_UNREADABLE"
+
+
+class EgressRefused(FailedPrecondition):
+    """The address a connection would reach is refused by the egress policy."""
+
+    reason = "EGRESS_REFUSED"
+
+
 class RealmRefused(CredentialsRejected):
     """The token realm breaks the realm policy; no credential was sent to it."""
 
@@ -213,6 +228,12 @@ class PermissionDenied(VRegistryError):
     """The caller is known but lacks the role the service needs."""
 
     code, reason = Code.PERMISSION_DENIED, "PERMISSION_DENIED"
+
+
+class ActionNotAllowed(PermissionDenied):
+    """A token action the upstream's allowed_actions does not grant."""
+
+    reason = "ACTION_NOT_ALLOWED"
 
 
 class Internal(VRegistryError):

@@ -246,6 +246,35 @@ const (
 	// Caller: do not retry; use a token with the needed role, or have an
 	// operator grant it in the callers file.
 	ErrorReason_PERMISSION_DENIED ErrorReason = 24
+	// GetAuthHeaders or ResolveUpstream asked for a token action (push,
+	// delete, "*") that the upstream's allowed_actions does not grant; only
+	// pull is granted unless the operator allows more. Checked before any
+	// network call.
+	//
+	// Code: PERMISSION_DENIED.
+	// Caller: do not retry; ask only for allowed actions, or have an operator
+	// add the action to the upstream's allowed_actions.
+	ErrorReason_ACTION_NOT_ALLOWED ErrorReason = 25
+	// The upstream's stored credentials cannot be decrypted for this record:
+	// the record was changed in the store without the encryption key (its id,
+	// group, url, allow_http or username no longer match what was sealed), or
+	// the key is missing. Nothing was sent to the upstream.
+	//
+	// Code: FAILED_PRECONDITION.
+	// Caller: do not retry; an operator sets the upstream's credentials again
+	// (UpdateUpstream with username and password).
+	ErrorReason_CREDENTIALS_UNREADABLE ErrorReason = 26
+	// A connection the request needed (to the upstream, its token realm or a
+	// redirect target) would reach an address the egress policy refuses:
+	// loopback, private, link-local, unspecified or cloud-metadata addresses
+	// for upstreams created through ConfigService and for every realm and
+	// redirect target, unless settings.egress_allow_cidrs lists them. Refused
+	// before any byte was sent.
+	//
+	// Code: FAILED_PRECONDITION.
+	// Caller: do not retry; an operator fixes the upstream's url or lists the
+	// range in settings.egress_allow_cidrs.
+	ErrorReason_EGRESS_REFUSED ErrorReason = 27
 )
 
 // Enum value maps for ErrorReason.
@@ -276,6 +305,9 @@ var (
 		22: "STORE_UNAVAILABLE",
 		23: "UNAUTHENTICATED",
 		24: "PERMISSION_DENIED",
+		25: "ACTION_NOT_ALLOWED",
+		26: "CREDENTIALS_UNREADABLE",
+		27: "EGRESS_REFUSED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":      0,
@@ -303,6 +335,9 @@ var (
 		"STORE_UNAVAILABLE":             22,
 		"UNAUTHENTICATED":               23,
 		"PERMISSION_DENIED":             24,
+		"ACTION_NOT_ALLOWED":            25,
+		"CREDENTIALS_UNREADABLE":        26,
+		"EGRESS_REFUSED":                27,
 	}
 )
 
@@ -337,7 +372,7 @@ var File_vregistry_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_vregistry_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1fvregistry/v1/error_reason.proto\x12\fvregistry.v1*\xe4\x04\n" +
+	"\x1fvregistry/v1/error_reason.proto\x12\fvregistry.v1*\xac\x05\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\x10\n" +
@@ -364,7 +399,10 @@ const file_vregistry_v1_error_reason_proto_rawDesc = "" +
 	"\x18UPSTREAM_NOT_IN_REGISTRY\x10\x15\x12\x15\n" +
 	"\x11STORE_UNAVAILABLE\x10\x16\x12\x13\n" +
 	"\x0fUNAUTHENTICATED\x10\x17\x12\x15\n" +
-	"\x11PERMISSION_DENIED\x10\x18Bn\n" +
+	"\x11PERMISSION_DENIED\x10\x18\x12\x16\n" +
+	"\x12ACTION_NOT_ALLOWED\x10\x19\x12\x1a\n" +
+	"\x16CREDENTIALS_UNREADABLE\x10\x1a\x12\x12\n" +
+	"\x0eEGRESS_REFUSED\x10\x1bBn\n" +
 	"\x10dev.vregistry.v1B\x10ErrorReasonProtoP\x01ZFgithub.com/vregistry/vregistry/clients/go/gen/vregistry/v1;vregistryv1b\x06proto3"
 
 var (

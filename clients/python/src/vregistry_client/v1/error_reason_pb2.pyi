@@ -251,6 +251,38 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     Caller: do not retry; use a token with the needed role, or have an
     operator grant it in the callers file.
     """
+    ACTION_NOT_ALLOWED: _ErrorReason.ValueType  # 25
+    """GetAuthHeaders or ResolveUpstream asked for a token action (push,
+    delete, "*") that the upstream's allowed_actions does not grant; only
+    pull is granted unless the operator allows more. Checked before any
+    network call.
+
+    Code: PERMISSION_DENIED.
+    Caller: do not retry; ask only for allowed actions, or have an operator
+    add the action to the upstream's allowed_actions.
+    """
+    CREDENTIALS_UNREADABLE: _ErrorReason.ValueType  # 26
+    """The upstream's stored credentials cannot be decrypted for this record:
+    the record was changed in the store without the encryption key (its id,
+    group, url, allow_http or username no longer match what was sealed), or
+    the key is missing. Nothing was sent to the upstream.
+
+    Code: FAILED_PRECONDITION.
+    Caller: do not retry; an operator sets the upstream's credentials again
+    (UpdateUpstream with username and password).
+    """
+    EGRESS_REFUSED: _ErrorReason.ValueType  # 27
+    """A connection the request needed (to the upstream, its token realm or a
+    redirect target) would reach an address the egress policy refuses:
+    loopback, private, link-local, unspecified or cloud-metadata addresses
+    for upstreams created through ConfigService and for every realm and
+    redirect target, unless settings.egress_allow_cidrs lists them. Refused
+    before any byte was sent.
+
+    Code: FAILED_PRECONDITION.
+    Caller: do not retry; an operator fixes the upstream's url or lists the
+    range in settings.egress_allow_cidrs.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is why a vregistry call failed: the reason of the
@@ -501,5 +533,37 @@ roles do not allow the method: UpstreamService needs the role
 Code: PERMISSION_DENIED.
 Caller: do not retry; use a token with the needed role, or have an
 operator grant it in the callers file.
+"""
+ACTION_NOT_ALLOWED: ErrorReason.ValueType  # 25
+"""GetAuthHeaders or ResolveUpstream asked for a token action (push,
+delete, "*") that the upstream's allowed_actions does not grant; only
+pull is granted unless the operator allows more. Checked before any
+network call.
+
+Code: PERMISSION_DENIED.
+Caller: do not retry; ask only for allowed actions, or have an operator
+add the action to the upstream's allowed_actions.
+"""
+CREDENTIALS_UNREADABLE: ErrorReason.ValueType  # 26
+"""The upstream's stored credentials cannot be decrypted for this record:
+the record was changed in the store without the encryption key (its id,
+group, url, allow_http or username no longer match what was sealed), or
+the key is missing. Nothing was sent to the upstream.
+
+Code: FAILED_PRECONDITION.
+Caller: do not retry; an operator sets the upstream's credentials again
+(UpdateUpstream with username and password).
+"""
+EGRESS_REFUSED: ErrorReason.ValueType  # 27
+"""A connection the request needed (to the upstream, its token realm or a
+redirect target) would reach an address the egress policy refuses:
+loopback, private, link-local, unspecified or cloud-metadata addresses
+for upstreams created through ConfigService and for every realm and
+redirect target, unless settings.egress_allow_cidrs lists them. Refused
+before any byte was sent.
+
+Code: FAILED_PRECONDITION.
+Caller: do not retry; an operator fixes the upstream's url or lists the
+range in settings.egress_allow_cidrs.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -285,6 +285,41 @@ export enum ErrorReason {
    * operator grant it in the callers file.
    */
   PERMISSION_DENIED = 24,
+  /**
+   * ACTION_NOT_ALLOWED - GetAuthHeaders or ResolveUpstream asked for a token action (push,
+   * delete, "*") that the upstream's allowed_actions does not grant; only
+   * pull is granted unless the operator allows more. Checked before any
+   * network call.
+   *
+   * Code: PERMISSION_DENIED.
+   * Caller: do not retry; ask only for allowed actions, or have an operator
+   * add the action to the upstream's allowed_actions.
+   */
+  ACTION_NOT_ALLOWED = 25,
+  /**
+   * CREDENTIALS_UNREADABLE - The upstream's stored credentials cannot be decrypted for this record:
+   * the record was changed in the store without the encryption key (its id,
+   * group, url, allow_http or username no longer match what was sealed), or
+   * the key is missing. Nothing was sent to the upstream.
+   *
+   * Code: FAILED_PRECONDITION.
+   * Caller: do not retry; an operator sets the upstream's credentials again
+   * (UpdateUpstream with username and password).
+   */
+  CREDENTIALS_UNREADABLE = 26,
+  /**
+   * EGRESS_REFUSED - A connection the request needed (to the upstream, its token realm or a
+   * redirect target) would reach an address the egress policy refuses:
+   * loopback, private, link-local, unspecified or cloud-metadata addresses
+   * for upstreams created through ConfigService and for every realm and
+   * redirect target, unless settings.egress_allow_cidrs lists them. Refused
+   * before any byte was sent.
+   *
+   * Code: FAILED_PRECONDITION.
+   * Caller: do not retry; an operator fixes the upstream's url or lists the
+   * range in settings.egress_allow_cidrs.
+   */
+  EGRESS_REFUSED = 27,
   UNRECOGNIZED = -1,
 }
 
@@ -365,6 +400,15 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 24:
     case "PERMISSION_DENIED":
       return ErrorReason.PERMISSION_DENIED;
+    case 25:
+    case "ACTION_NOT_ALLOWED":
+      return ErrorReason.ACTION_NOT_ALLOWED;
+    case 26:
+    case "CREDENTIALS_UNREADABLE":
+      return ErrorReason.CREDENTIALS_UNREADABLE;
+    case 27:
+    case "EGRESS_REFUSED":
+      return ErrorReason.EGRESS_REFUSED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -424,6 +468,12 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "UNAUTHENTICATED";
     case ErrorReason.PERMISSION_DENIED:
       return "PERMISSION_DENIED";
+    case ErrorReason.ACTION_NOT_ALLOWED:
+      return "ACTION_NOT_ALLOWED";
+    case ErrorReason.CREDENTIALS_UNREADABLE:
+      return "CREDENTIALS_UNREADABLE";
+    case ErrorReason.EGRESS_REFUSED:
+      return "EGRESS_REFUSED";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
