@@ -23,3 +23,12 @@ EXPOSE 50051
 HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
   CMD ["python", "-m", "vregistry_server.healthcheck", "127.0.0.1:50051"]
 ENTRYPOINT ["vregistry-server"]
+# The image listens on 0.0.0.0, so the server refuses to start without caller
+# authentication (exit 2). Mount a callers file here, one line per caller
+# (`python -m vregistry_server.admin.callers new NAME ROLES GROUPS` prints one):
+#   docker run -v "$PWD/callers:/etc/vregistry/callers:ro" IMAGE
+# For ConfigService add a data volume and a key: -v vregistry-data:/var/lib/vregistry
+#   IMAGE --callers-file /etc/vregistry/callers --data-dir /var/lib/vregistry
+#   --encryption-key-file /etc/vregistry/keys. Running open on purpose:
+#   IMAGE --allow-unauthenticated (logged as a warning at start and every hour).
+CMD ["--callers-file", "/etc/vregistry/callers"]

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vregistry_server.model import (
+    DEFAULT_GROUP,
     DEFAULT_MAX_REGISTRIES_PER_GROUP,
     DEFAULT_MAX_UPSTREAMS_PER_REGISTRY,
     Config,
@@ -33,6 +34,8 @@ from vregistry_server.model import (
 from vregistry_server.rules import (
     FieldError,
     check_credentials,
+    check_id,
+    parse_allow_cidrs,
     validate_registry_fields,
     validate_upstream,
 )
@@ -70,6 +73,10 @@ class UpstreamEntry(_Strict):
     token_flow: TokenFlow = _UPSTREAM_DEFAULTS["token_flow"]
     client_id: str = _UPSTREAM_DEFAULTS["client_id"]
     realm_allow_hosts: list[str] = Field(default_factory=list)
+    allowed_actions: list[str] = Field(
+        default_factory=lambda: list(_UPSTREAM_DEFAULTS["allowed_actions"])
+    )
+    group: str = _UPSTREAM_DEFAULTS["group"]
 
 
 class RegistryEntry(_Strict):
@@ -77,6 +84,7 @@ class RegistryEntry(_Strict):
     name: str
     description: str = ""
     upstreams: list[str] = Field(default_factory=list)
+    group: str = DEFAULT_GROUP  # lists only upstreams of the same group
 
 
 class SettingsEntry(_Strict):
@@ -104,6 +112,16 @@ class SettingsEntry(_Strict):
     # A base64 32-byte key that encrypts token values in Redis, by reference like passwords.
     token_cache_key_env: str | None = Field(default=None, min_length=1)
     token_cache_key_file: str | None = Field(default=None, min_length=1)
+    # Egress and per-upstream bounds (oci/egress.py, oci/http.py).
+    egress_allow_cidrs: list[str] = Field(default_factory=list, max_length=256)
+    max_in_flight_per_upstream: int = Field(default=100, ge=1, le=10000)
+    max_connections_per_upstream: int = Field(default=50, ge=1, le=1000)
+
+    @field_validator("egress_allow_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        parse_allow_cidrs(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -172,6 +190,7 @@ def _build_settings(entry: SettingsEntry, source: str, env: Mapping[str, str]) -
     key_env = values.pop("token_cache_key_env", None)
     key_file = values.pop("token_cache_key_file", None)
     values["token_cache_key"] = _cache_key(source, key_env, key_file, env)
+    values["egress_allow_cidrs"] = tuple(entry.egress_allow_cidrs)
     return Settings(**values)
 
 
@@ -210,6 +229,7 @@ def _cache_key(
 def _build_upstream(entry: UpstreamEntry, where: str, env: Mapping[str, str]) -> Upstream:
     values = entry.model_dump(exclude={"username", "password_env", "password_file"})
     values["realm_allow_hosts"] = tuple(entry.realm_allow_hosts)
+    values["allowed_actions"] = tuple(entry.allowed_actions)
     try:
         return validate_upstream(
             Upstream(**values, credentials=_resolve_credentials(entry, where, env))
@@ -269,6 +289,7 @@ def _build_registry(
         )
     try:
         validate_registry_fields(entry.id, entry.name, entry.description)
+        check_id("group", entry.group)
     except FieldError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     members: list[RegistryUpstream] = []
@@ -282,9 +303,19 @@ def _build_registry(
         upstream = upstreams.get(upstream_id)
         if upstream is None:
             raise ConfigError(f"{where}: field 'upstreams': unknown upstream {upstream_id!r}")
+        if upstream.group != entry.group:
+            raise ConfigError(
+                f"{where}: field 'upstreams': upstream {upstream_id!r} is in group"
+                f" {upstream.group!r}, the registry in group {entry.group!r}; a registry lists"
+                " only upstreams of its own group"
+            )
         members.append(RegistryUpstream(upstream=upstream, position=position))
     return Registry(
-        id=entry.id, name=entry.name, description=entry.description, upstreams=tuple(members)
+        id=entry.id,
+        name=entry.name,
+        description=entry.description,
+        upstreams=tuple(members),
+        group=entry.group,
     )
 
 

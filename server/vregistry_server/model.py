@@ -19,6 +19,8 @@ from typing import Literal
 DEFAULT_MAX_UPSTREAMS_PER_REGISTRY = 20
 DEFAULT_MAX_REGISTRIES_PER_GROUP = 20
 MAX_CACHE_VALIDITY_HOURS = 24 * 365
+# The group of an upstream or registry that does not name one (the YAML file, the seed).
+DEFAULT_GROUP = "default"
 
 
 # --------------------------------------------------------------------------- configuration
@@ -29,19 +31,35 @@ class Credentials:
     """A username and password; the repr never shows the password.
 
     The fingerprint is computed once, when the credentials are built (at config
-    load or by the admin API), so no request ever pays for the slow hash.
+    load, by the admin API, or by a store load in a worker thread, which caches
+    it by sealed value), so no request ever pays for the slow hash.
+
+    ``unreadable`` marks stored credentials that did not open (the record was
+    changed in the store without the key, or sealed for another url or group): it
+    holds the sealed value as stored, so the record can be written back unchanged,
+    and there is no username or password. The resolver refuses such an upstream
+    (CREDENTIALS_UNREADABLE) before any network call; see ``Credentials.unreadable_as``.
     """
 
     username: str
     password: str = field(repr=False)
-    fingerprint: str = field(init=False, repr=False, compare=False)
+    fingerprint: str = field(default="", repr=False, compare=False)
+    unreadable: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "fingerprint", credential_fingerprint(self.username, self.password)
-        )
+        if not self.fingerprint and not self.unreadable:
+            object.__setattr__(
+                self, "fingerprint", credential_fingerprint(self.username, self.password)
+            )
+
+    @classmethod
+    def unreadable_as(cls, sealed: str) -> Credentials:
+        """The marker for a sealed value that does not open."""
+        return cls(username="", password="", fingerprint="unreadable", unreadable=sealed)
 
     def __repr__(self) -> str:
+        if self.unreadable:
+            return "Credentials(unreadable)"
         return f"Credentials(username={self.username!r}, password='***')"
 
 
@@ -59,6 +77,7 @@ def credential_fingerprint(username: str, password: str) -> str:
 
 
 TokenFlow = Literal["auto", "get", "oauth2"]
+UpstreamSource = Literal["operator", "api"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +93,14 @@ class Upstream:
     client_id: str = "vregistry"
     # Token realm hosts trusted beyond the upstream's own registrable domain ("*.example.com" allowed).
     realm_allow_hosts: tuple[str, ...] = ()
+    # The token actions a caller may ask for with these credentials (pull, push, delete, "*"):
+    # the service hands out read access unless the operator grants more.
+    allowed_actions: tuple[str, ...] = ("pull",)
+    # The tenant it belongs to: callers see only the upstreams of their groups.
+    group: str = DEFAULT_GROUP
+    # Who wrote the URL, which decides what its connections may reach (oci/egress.py):
+    # "operator" (the YAML file) or "api" (created or changed through ConfigService).
+    source: UpstreamSource = "operator"
 
     def url_for(self, api_path: str) -> str:
         return f"{self.url}/v2/{api_path}"
@@ -91,6 +118,7 @@ class Registry:
     name: str
     description: str
     upstreams: tuple[RegistryUpstream, ...]
+    group: str = DEFAULT_GROUP  # its upstreams are all of this group
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +140,13 @@ class Settings:
     max_upstreams_per_registry: int = DEFAULT_MAX_UPSTREAMS_PER_REGISTRY
     max_registries_per_group: int = DEFAULT_MAX_REGISTRIES_PER_GROUP  # admin API (ConfigService)
     challenge_cache_seconds: float = 3600.0
+    # Egress (oci/egress.py): ranges every upstream, realm and redirect may reach beyond
+    # public addresses ("10.0.0.0/8"; metadata addresses only as an exact /32 or /128).
+    egress_allow_cidrs: tuple[str, ...] = ()
+    # Per upstream: requests in flight (abandoned ones included; more wait within their
+    # budget, then UNAVAILABLE) and connections in its own pool.
+    max_in_flight_per_upstream: int = 100
+    max_connections_per_upstream: int = 50
     shutdown_grace_seconds: float = 10.0
     # AES-256-GCM key for token values in Redis (None: stored as they are).
     token_cache_key: bytes | None = field(default=None, repr=False)

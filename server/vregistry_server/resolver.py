@@ -7,12 +7,15 @@ VRegistryError that says what to fix.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
 from vregistry_server.errors import (
+    ActionNotAllowed,
+    CredentialsUnreadable,
     DeadlineExceeded,
     InvalidArgument,
     InvalidPath,
@@ -84,11 +87,10 @@ class Resolver:
         ids of those upstreams are returned.
         """
         old = self.config.upstreams
-        changed = {
-            upstream_id
-            for upstream_id, upstream in old.items()
-            if _auth_identity(config.upstreams.get(upstream_id)) != _auth_identity(upstream)
-        }
+        # A walk over every upstream: in a worker thread, off the event loop.
+        changed = await asyncio.to_thread(_changed_upstreams, old, config.upstreams)
+        if self.config.upstreams is not old:  # another apply_config ran meanwhile
+            changed = _changed_upstreams(self.config.upstreams, config.upstreams)
         self.config = dataclasses.replace(config, settings=self.config.settings)
         for upstream_id in changed:
             self.prober.breaker.forget(upstream_id)
@@ -149,9 +151,11 @@ class Resolver:
             raise InvalidArgument(f"at most {MAX_ACTIONS} actions may be requested")
         parsed = _parse(path, parse_path_or_repository)
         try:
-            check_actions(actions)
+            requested = check_actions(actions)
         except PathError as exc:  # an action outside pull/push/delete/*
             raise InvalidArgument(str(exc)) from None
+        _check_allowed_actions(upstream, requested)
+        ensure_usable(upstream)
         budget = self._budget(caller_remaining)
         try:
             return await self.authenticator.headers_for(upstream, parsed, budget, actions)
@@ -173,6 +177,9 @@ class Resolver:
                 f"registry {registry.name!r} has no upstreams; add at least one",
                 metadata={"registry_id": registry.id},
             )
+        for member in registry.upstreams:
+            # Skipping it would let a lower-priority upstream answer for its names.
+            ensure_usable(member.upstream)
         budget = self._budget(caller_remaining)
         try:
             return await self.prober.resolve(registry, parsed, budget)
@@ -202,6 +209,35 @@ def _cache_for(settings: Settings, observer: Observer) -> TokenCache:
     )
 
 
+def ensure_usable(upstream: Upstream) -> None:
+    """Refuse an upstream whose stored credentials did not open, before any network call:
+    sending it anonymously or with anything else would not be what the operator set."""
+    if upstream.credentials is not None and upstream.credentials.unreadable:
+        raise CredentialsUnreadable(
+            f"the stored credentials of upstream {upstream.id!r} do not open (the record was"
+            " changed in the store without the key); set its credentials again",
+            metadata={"upstream_id": upstream.id},
+        )
+
+
+def _check_allowed_actions(upstream: Upstream, requested: Sequence[str]) -> None:
+    """Refuse, before any network call, an action the upstream's allowed_actions does not grant.
+
+    The stored credentials may well be able to push or delete: that is exactly why a
+    resolver caller gets a token only for what the operator allowed (default: pull).
+    """
+    allowed = upstream.allowed_actions
+    if "*" in allowed:
+        return
+    refused = [action for action in requested or ("pull",) if action not in allowed]
+    if refused:
+        raise ActionNotAllowed(
+            f"upstream {upstream.id!r} allows only {', '.join(allowed)}; "
+            f"{', '.join(refused)} not allowed (the upstream's allowed_actions)",
+            metadata={"upstream_id": upstream.id},
+        )
+
+
 def _check_id(field_name: str, value: str) -> None:
     if not value:
         raise InvalidArgument(f"{field_name} is required")
@@ -216,6 +252,14 @@ def _parse(path: str, parser: Callable[[str], RegistryPath]) -> RegistryPath:
         raise InvalidPath(str(exc)) from None
 
 
+def _changed_upstreams(old: Mapping[str, Upstream], new: Mapping[str, Upstream]) -> set[str]:
+    return {
+        upstream_id
+        for upstream_id, upstream in old.items()
+        if _auth_identity(new.get(upstream_id)) != _auth_identity(upstream)
+    }
+
+
 def _auth_identity(upstream: Upstream | None) -> tuple[object, ...] | None:
     """What an upstream's discovered challenge and tokens depend on."""
     if upstream is None:
@@ -227,4 +271,5 @@ def _auth_identity(upstream: Upstream | None) -> tuple[object, ...] | None:
         upstream.token_flow,
         upstream.client_id,
         upstream.realm_allow_hosts,
+        upstream.source,  # what its connections may reach (oci/egress.py)
     )

@@ -11,7 +11,10 @@ never drift apart in what they accept or in what they say.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
+import socket
+from collections.abc import Iterable
 from typing import get_args
 from urllib.parse import urlsplit
 
@@ -33,6 +36,9 @@ MAX_PASSWORD = 4096
 MAX_CLIENT_ID = 255
 MAX_REALM_ALLOW_HOSTS = 32
 TOKEN_FLOWS: tuple[str, ...] = get_args(TokenFlow)
+# The token actions of the distribution spec ("*" is every action); oci/paths.py checks
+# requests against the same four.
+TOKEN_ACTIONS: tuple[str, ...] = ("pull", "push", "delete", "*")
 
 
 class FieldError(ValueError):
@@ -76,6 +82,12 @@ def normalize_url(value: str, *, allow_http: bool) -> str:
         raise FieldError("url", "must be an http(s) URL such as https://registry-1.docker.io")
     if not parts.hostname:
         raise FieldError("url", "has no host")
+    if non_canonical_numeric_host(parts.hostname):
+        raise FieldError(
+            "url",
+            f"host {parts.hostname[:80]!r} is a numeric address in a non-canonical form; write "
+            "an IPv4 address as four decimal numbers (127.0.0.1), or use a host name",
+        )
     if parts.username is not None or parts.password is not None:
         raise FieldError("url", "must not carry credentials; give a username and password")
     if parts.query or parts.fragment:
@@ -88,6 +100,46 @@ def normalize_url(value: str, *, allow_http: bool) -> str:
     if base.endswith("/v2"):
         base = base[: -len("/v2")].rstrip("/")
     return base
+
+
+def non_canonical_numeric_host(host: str) -> bool:
+    """A host the C resolver reads as an IPv4 address though it is not written as one:
+    decimal ``2130706433``, octal ``0177.0.0.1``, hex ``0x7f000001``, short ``127.1``, a
+    numeric last label, or an IPv4 address wrapped in IPv6 (``::ffff:127.0.0.1``)."""
+    bare = host.strip("[]").rstrip(".").lower()
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        ip = None
+    if isinstance(ip, ipaddress.IPv4Address):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        return ip.ipv4_mapped is not None or ip.sixtofour is not None
+    last = bare.rsplit(".", 1)[-1]
+    if last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:])):
+        return True
+    try:
+        socket.inet_aton(bare)
+    except OSError:
+        return False
+    return True
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_allow_cidrs(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """settings.egress_allow_cidrs; a bare address is its /32 or /128. Raises ValueError."""
+    networks: list[IPNetwork] = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=True))
+        except ValueError:
+            raise ValueError(
+                f"{value[:80]!r} is not a CIDR such as 10.0.0.0/8 or 127.0.0.1/32"
+                " (host bits must be zero)"
+            ) from None
+    return tuple(networks)
 
 
 def check_cache_validity(value: int) -> int:
@@ -112,12 +164,31 @@ def check_realm_allow_hosts(hosts: tuple[str, ...]) -> tuple[str, ...]:
         )
     for host in hosts:
         bare = host.removeprefix("*.")
+        name, sep, port = bare.rpartition(":")
+        if sep and port.isdigit() and 0 < int(port) < 65536:
+            bare = name  # host:port admits that port only (the realm rule compares ports)
         if not bare or any(c in bare for c in "/:@?# *") or bare != bare.strip("."):
             raise FieldError(
                 "realm_allow_hosts",
-                f"{host[:80]!r} must be a host name such as auth.example.com or *.example.com",
+                f"{host[:80]!r} must be a host name such as auth.example.com, *.example.com"
+                " or auth.example.com:5001",
             )
     return hosts
+
+
+def check_allowed_actions(actions: tuple[str, ...]) -> tuple[str, ...]:
+    """At least one action, each one of pull, push, delete or "*", none twice."""
+    if not actions:
+        raise FieldError("allowed_actions", "give at least one action (default: pull)")
+    for action in actions:
+        if action not in TOKEN_ACTIONS:
+            raise FieldError(
+                "allowed_actions",
+                f"{action[:40]!r} is not an action; allowed: {', '.join(TOKEN_ACTIONS)}",
+            )
+    if len(set(actions)) != len(actions):
+        raise FieldError("allowed_actions", "an action is listed twice")
+    return actions
 
 
 def check_credentials(username: str, password: str) -> Credentials | None:
@@ -143,12 +214,14 @@ def check_credentials(username: str, password: str) -> Credentials | None:
 def validate_upstream(upstream: Upstream) -> Upstream:
     """Check every field; returns the upstream with its URL normalized."""
     check_id("id", upstream.id)
+    check_id("group", upstream.group)
     check_text("name", upstream.name, required=True, limit=MAX_NAME)
     check_text("description", upstream.description, required=False, limit=MAX_DESCRIPTION)
     check_text("client_id", upstream.client_id, required=True, limit=MAX_CLIENT_ID)
     check_cache_validity(upstream.cache_validity_hours)
     check_token_flow(upstream.token_flow)
     check_realm_allow_hosts(upstream.realm_allow_hosts)
+    check_allowed_actions(upstream.allowed_actions)
     if upstream.credentials is not None:
         check_credentials(upstream.credentials.username, upstream.credentials.password)
     url = normalize_url(upstream.url, allow_http=upstream.allow_http)

@@ -11,7 +11,13 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from tests.conftest import TOKEN_PASSWORD, TOKEN_USER
-from tests.support.admin import AdminService, CapturedLogs, empty_config, start_admin_service
+from tests.support.admin import (
+    FIXTURE_REALM_HOSTS,
+    AdminService,
+    CapturedLogs,
+    empty_config,
+    start_admin_service,
+)
 from tests.support.registry import RegistryServer
 from tests.support.service import error_details
 from tests.support.token_server import TokenServer
@@ -597,6 +603,8 @@ async def test_test_upstream_stored_and_unsaved(
                 allow_http=True,
                 username=TOKEN_USER,
                 password=OTHER_PASSWORD,
+                # its token server is on another port (the realm rule compares ports)
+                realm_allow_hosts=list(FIXTURE_REALM_HOSTS),
             ),
             path="private/app/manifests/v1",
         ),

@@ -29,10 +29,10 @@ WRONG_TOKEN = "wrong-token-Xx00aa11Bb"
 TOKENS = (RESOLVER_TOKEN, ADMIN_TOKEN, BOTH_TOKEN, WRONG_TOKEN)
 
 CALLERS_FILE = f"""
-# sha256 of the token   name        roles
-{hash_token(RESOLVER_TOKEN)} frontend resolver
-{hash_token(ADMIN_TOKEN)}    ops      admin
-{hash_token(BOTH_TOKEN)}     ci       admin,resolver
+# sha256 of the token   name        roles          groups
+{hash_token(RESOLVER_TOKEN)} frontend resolver       *
+{hash_token(ADMIN_TOKEN)}    ops      admin          *
+{hash_token(BOTH_TOKEN)}     ci       admin,resolver *
 """
 
 

@@ -144,8 +144,12 @@ async def test_empty_path_asks_for_a_token_without_scope(
 async def test_actions_shape_the_scope(
     service_factory: StartService, token_registry: RegistryServer, token_server: TokenServer
 ) -> None:
+    # push only where the upstream allows it (tests/integration/test_allowed_actions.py)
     service = await _single(
-        service_factory, token_registry.url, credentials=token_registry.credentials
+        service_factory,
+        token_registry.url,
+        credentials=token_registry.credentials,
+        allowed_actions=["pull", "push"],
     )
     await service.auth("up", "private/app", actions=["pull", "push"])
     assert token_server.records[-1].scopes == ("repository:private/app:pull,push",)
@@ -485,8 +489,13 @@ async def test_authorization_not_carried_across_a_cross_host_redirect(
 
     origin = start_scripted(script)
     try:
+        # Every redirect hop passes the realm rule too: the other host is allow-listed here
+        # (tests/integration/test_egress_policy.py shows a hop that is not being refused).
         service = await _single(
-            service_factory, origin.url, credentials=("carol", "never-forward-me")
+            service_factory,
+            origin.url,
+            credentials=("carol", "never-forward-me"),
+            realm_allow_hosts=["localhost"],
         )
         reply = await service.auth("up", "library/alpine")
         assert reply.headers["Authorization"] == "Bearer from-other-host"

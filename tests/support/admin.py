@@ -23,8 +23,15 @@ from vregistry_server.runtime.admin_setup import AdminOptions, start_admin
 from vregistry_server.runtime.main import RunningServer, start_server
 from vregistry_server.runtime.metrics import PROMETHEUS
 
+# The fixtures (registries, token server) all listen on loopback; an upstream created
+# through ConfigService reaches only public addresses unless the operator lists the range
+# (oci/egress.py), as an operator running everything on one host would.
+LOOPBACK_EGRESS = ["127.0.0.0/8"]
+FIXTURE_REALM_HOSTS = ("127.0.0.1",)
+
 
 def empty_config(**settings: Any) -> Config:
+    settings.setdefault("egress_allow_cidrs", LOOPBACK_EGRESS)
     return build_config({"settings": settings}, source="test-empty")
 
 
@@ -57,6 +64,9 @@ class AdminService:
         self, upstream_id: str, url: str, group: str = "g1", **fields: Any
     ) -> cpb.UpstreamConfig:
         fields.setdefault("display_name", f"Upstream {upstream_id}")
+        # The fixtures' token server is on 127.0.0.1 at another port than the registry: the
+        # realm rule compares ports for API upstreams, so the host is allow-listed (any port).
+        fields.setdefault("realm_allow_hosts", list(FIXTURE_REALM_HOSTS))
         fields.setdefault("allow_http", url.startswith("http://"))
         reply = await self.admin.CreateUpstream(
             cpb.CreateUpstreamRequest(
@@ -121,8 +131,18 @@ async def start_admin_service(
     credentials: Any = None,
     seed: bool = False,
     channel: grpc.aio.Channel | None = None,
+    allow_unauthenticated: bool | None = None,
 ) -> AdminService:
+    """ConfigService in-process on 127.0.0.1.
+
+    The server refuses ConfigService without caller authentication
+    (admin_setup.check_fail_closed); tests about the admin API itself rather than about
+    caller auth run it open with the explicit opt-out, as an operator would with
+    ``--allow-unauthenticated``: ``allow_unauthenticated`` defaults to "no callers given".
+    """
     config = config or empty_config()
+    if allow_unauthenticated is None:
+        allow_unauthenticated = callers is None
     options = AdminOptions(
         store=store,
         data_dir=data_dir,
@@ -132,6 +152,7 @@ async def start_admin_service(
         credentials=credentials,
         tls_mode="tls" if credentials is not None else "off",
         seed=seed,
+        allow_unauthenticated=allow_unauthenticated,
     )
     resolver = Resolver(config, observer=PROMETHEUS)
     runtime = await start_admin(options, config, resolver)

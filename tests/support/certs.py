@@ -1,10 +1,12 @@
-"""Test certificates made with ``cryptography``: a CA, a server cert for 127.0.0.1, client certs."""
+"""Test certificates made with ``cryptography``: a CA, a server cert for 127.0.0.1, client certs
+(``Pki.client_with`` issues one with URI SANs, e.g. a SPIFFE ID, and DNS SANs)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -28,6 +30,17 @@ class Pki:
     client: Pem
     other_ca: Pem  # an unrelated CA, and a client it signed
     stranger: Pem
+    directory: Path
+    _ca_cert: x509.Certificate = field(repr=False)
+    _ca_key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+    def client_with(
+        self, stem: str, *, uris: Sequence[str] = (), dns_names: Sequence[str] = ()
+    ) -> Pem:
+        """A client certificate signed by the CA, with these subject alternative names."""
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+        sans += [x509.DNSName(d) for d in dns_names]
+        return _leaf(self.directory, stem, self._ca_cert, self._ca_key, server=False, sans=sans)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -87,6 +100,7 @@ def _leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     *,
     server: bool,
+    sans: Sequence[x509.GeneralName] = (),
 ) -> Pem:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -113,6 +127,8 @@ def _leaf(
             ),
             critical=False,
         )
+    elif sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     return _write(directory, stem, builder.sign(ca_key, hashes.SHA256()), key)
 
 
@@ -126,4 +142,7 @@ def make_pki(directory: Path) -> Pki:
         client=_leaf(directory, "client", ca_cert, ca_key, server=False),
         other_ca=other,
         stranger=_leaf(directory, "stranger", other_cert, other_key, server=False),
+        directory=directory,
+        _ca_cert=ca_cert,
+        _ca_key=ca_key,
     )

@@ -84,11 +84,22 @@ def test_server_process_seeds_once_and_finds_everything_after_restart(
                     }
                 ],
                 "registries": [{"id": "seeded", "name": "Seeded", "upstreams": ["open"]}],
+                # The registry is on loopback: upstreams created or changed through the API
+                # may reach it only when the operator lists the range (oci/egress.py).
+                "settings": {"egress_allow_cidrs": ["127.0.0.0/8"]},
             }
         )
     )
     data = tmp_path / "data"
-    args = ["--config", str(seed), "--data-dir", str(data), "--log-level", "debug"]
+    args = [
+        "--config",
+        str(seed),
+        "--data-dir",
+        str(data),
+        "--log-level",
+        "debug",
+        "--allow-unauthenticated",  # this test is about the store, not caller auth
+    ]
     target, log, first = spawn(args, {"SEED_PW": SECRET})
     with grpc.insecure_channel(target) as channel:
         admin = cpb_grpc.ConfigServiceStub(channel)
@@ -183,6 +194,7 @@ def test_two_server_processes_on_one_redis(
         clean_redis.url,
         "--config",
         str(_empty_seed(tmp_path)),
+        "--allow-unauthenticated",  # this test is about the shared store, not caller auth
     ]
     target_a, _, _ = spawn(args, env)
     target_b, _, _ = spawn(args, env)

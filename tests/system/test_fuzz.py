@@ -33,6 +33,7 @@ DOCUMENTED = {
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.PERMISSION_DENIED,  # ACTION_NOT_ALLOWED: push, delete, * on pull-only upstreams
 }
 KNOWN_IDS = ["open", "token", "basic", "down", "all", "empty"]
 DIGEST = "sha256:" + "0123456789abcdef" * 4

@@ -22,6 +22,9 @@ JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJlLXZhbHVl"
         ("refresh_token=rt-9f8e7d", "rt-9f8e7d"),
         ('{"access_token": "at-123456", "expires_in": 60}', "at-123456"),
         (json.dumps({"msg": '{"token": "tk-654321"}'}), "tk-654321"),
+        ('{"Authorization": "Bearer abc123def"}', "abc123def"),
+        ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz"),
+        ("header Basic YWI6Y2Q= sent", "YWI6Y2Q="),
     ],
 )
 def test_secrets_are_masked(text: str, secret: str) -> None:
@@ -34,6 +37,12 @@ def test_secrets_are_masked(text: str, secret: str) -> None:
         "registry 'R' (open: not_found (HTTP 404); token: not_found (HTTP 404))",
         "upstream 'Token' answered HTTP 401",
         "scope repository:private/app:pull",
+        # Values are masked, not words: the scheme names in prose stay readable.
+        "upstream 'u' already exists",
+        "Basic authentication failed for upstream 'u'",
+        "bearer tokens are cached in Redis",
+        'challenge Bearer realm="https://auth.example/token",service="registry"',
+        'challenge Bearer service="registry",realm="https://auth.example/token"',
     ],
 )
 def test_ordinary_text_is_kept(text: str) -> None:

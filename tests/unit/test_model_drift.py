@@ -36,16 +36,24 @@ UPSTREAM_FIELDS_OF_MODEL = [f.name for f in dataclasses.fields(Upstream)]
 BY_HAND = {
     "id": "part of the resource name (groups/{group}/upstreams/{id}), not of the body",
     "credentials": "write-only: username + password in, has_credentials out; sealed at rest",
+    "group": "part of the resource name (groups/{group}/...), fixed at create: not in a body or mask",
+    "source": "set by the service (YAML: operator, ConfigService: api), never by a request;"
+    " stored in the document",
 }
+# Model fields the YAML file does not spell: everything in it is the operator's.
+NOT_IN_YAML = {"source": "a YAML upstream is always source 'operator'"}
 
 
 def _distinct_value(name: str, annotation: Any) -> Any:
     """A valid value that differs from the field's default, chosen by the field's type."""
     special = {
         "id": "drift-1",
+        "group": "drift-group",
         "url": "https://registry.example.com",
         "token_flow": "oauth2",
         "realm_allow_hosts": ("auth.example.net", "*.tokens.example.org"),
+        "allowed_actions": ("pull", "push"),
+        "source": "api",
         "credentials": Credentials("drift-user", "drift-password"),
         "cache_validity_hours": 7,
         "allow_http": True,
@@ -70,7 +78,9 @@ def _full_upstream() -> Upstream:
 def test_yaml_entry_has_every_model_field() -> None:
     yaml_fields = set(UpstreamEntry.model_fields)
     for name in UPSTREAM_FIELDS_OF_MODEL:
-        if name == "credentials":
+        if name in NOT_IN_YAML:
+            assert name not in yaml_fields, name
+        elif name == "credentials":
             assert {"username", "password_env", "password_file"} <= yaml_fields
         else:
             assert name in yaml_fields, f"config.UpstreamEntry lacks model field {name!r}"
@@ -81,19 +91,19 @@ def test_yaml_loader_fills_every_model_field() -> None:
     entry: dict[str, Any] = {
         name: list(value) if isinstance(value, tuple) else value
         for name, value in dataclasses.asdict(full).items()
-        if name != "credentials"
+        if name != "credentials" and name not in NOT_IN_YAML
     }
     assert full.credentials is not None
     entry.update(username=full.credentials.username, password_env="DRIFT_PW")
     config = build_config(
         {"upstreams": [entry]}, source="drift", env={"DRIFT_PW": full.credentials.password}
     )
-    assert config.upstreams[full.id] == full
+    assert config.upstreams[full.id] == dataclasses.replace(full, source="operator")
 
 
 def test_stored_document_round_trips_every_model_field() -> None:
     keyring = Keyring.parse(generate_key_line("k1"))
-    record = UpstreamRecord(group="g", upstream=_full_upstream(), version=3, create_time=1.5)
+    record = UpstreamRecord(upstream=_full_upstream(), version=3, create_time=1.5)
     doc = upstream_to_doc(record, keyring)
     for name in UPSTREAM_FIELDS_OF_MODEL:
         assert name in doc, f"the stored document lacks model field {name!r}"
@@ -123,7 +133,7 @@ def test_proto_carries_every_model_field() -> None:
 
 def test_update_mask_names_every_model_field() -> None:
     for name in UPSTREAM_FIELDS_OF_MODEL:
-        if name == "id":
+        if name in {"id", "group", "source"}:  # in the resource name / set by the service
             continue
         if name == "credentials":
             assert {"username", "password"} <= set(UPSTREAM_FIELDS)
@@ -133,7 +143,7 @@ def test_update_mask_names_every_model_field() -> None:
 
 def test_proto_mapping_round_trips_every_model_field() -> None:
     full = _full_upstream()
-    message = upstream_to_pb(UpstreamRecord(group="g", upstream=full))
+    message = upstream_to_pb(UpstreamRecord(upstream=full))
     assert message.has_credentials and not message.password
     data = _upstream_input(message)
     for name in UPSTREAM_FIELDS_OF_MODEL:
@@ -158,7 +168,7 @@ async def test_seed_keeps_every_model_field() -> None:
     full = _full_upstream()
     manager = await _manager_seeded_with(full)
     try:
-        seeded = await manager.get_upstream(f"groups/default/upstreams/{full.id}")
+        seeded = await manager.get_upstream(f"groups/{full.group}/upstreams/{full.id}")
         assert seeded.upstream == full, "the seed dropped a field"
         assert manager.resolver.config.upstreams[full.id] == full
     finally:

@@ -11,7 +11,8 @@ from tests.support.service import Service
 from vregistry_server.errors import UpstreamProtocolError
 from vregistry_server.model import Upstream
 from vregistry_server.oci.challenge import parse_challenges
-from vregistry_server.oci.http import make_client
+from vregistry_server.oci.egress import EgressScope
+from vregistry_server.oci.http import UpstreamTransports, make_client
 from vregistry_server.oci.ping import discovery_from_challenges
 from vregistry_server.oci.realm_policy import (
     AddressClass,
@@ -122,17 +123,24 @@ async def test_address_rule_after_dns_resolution(
     upstream = _upstream("https://registry.test")
     realm = httpx.URL("https://auth.registry.test/token")
     if allowed:
-        assert AddressClass.PUBLIC in await guard.admit(upstream, realm)
+        assert AddressClass.PUBLIC in (await guard.admit(upstream, realm)).elsewhere_classes
     else:
         with pytest.raises(RealmRefused, match="no credentials were sent"):
             await guard.admit(upstream, realm)
 
 
 def test_client_transport_uses_the_guarded_backend() -> None:
+    # One pool per upstream (oci/http.py UpstreamTransports), each on the guarded backend.
     client = make_client(connect_timeout=1, request_timeout=1)
-    transport = client._transport
-    assert isinstance(transport, httpx.AsyncHTTPTransport)
-    assert isinstance(transport._pool._network_backend, GuardedNetworkBackend)
+    transports = client._transport
+    assert isinstance(transports, UpstreamTransports)
+    for key in ("operator:a", "api:b"):
+        transport = transports.pool_for(EgressScope(key=key))
+        assert isinstance(transport, httpx.AsyncHTTPTransport)
+        assert isinstance(transport._pool._network_backend, GuardedNetworkBackend)
+    assert transports.pool_for(EgressScope(key="api:b")) is not transports.pool_for(
+        EgressScope(key="operator:a")
+    )
 
 
 def test_plain_http_realm_refused_for_https_upstream() -> None:

@@ -12,7 +12,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from vregistry_server.errors import InvalidArgument, VRegistryError
+from vregistry_server.errors import EgressRefused, InvalidArgument, VRegistryError
 from vregistry_server.model import Outcome, RegistryUpstream, Scheme, Upstream
 from vregistry_server.oci.http import Budget
 from vregistry_server.oci.paths import PathError, parse_path
@@ -68,7 +68,10 @@ async def check_upstream(resolver: Resolver, upstream: Upstream, path: str) -> C
     try:
         discovery = await authenticator.discover(upstream, budget)
     except VRegistryError as exc:
-        result.steps.append(Step(StepKind.PING, StepOutcome.FAILED, 0, _ms(started), exc.message))
+        # A refused target was never contacted: only the refusal, no latency (a check must
+        # not measure what it may not reach: that would make TestUpstream a scanner).
+        latency = 0.0 if isinstance(exc, EgressRefused) else _ms(started)
+        result.steps.append(Step(StepKind.PING, StepOutcome.FAILED, 0, latency, exc.message))
         result.steps += [
             Step(StepKind.TOKEN_EXCHANGE, StepOutcome.SKIPPED, message="the ping failed"),
             Step(StepKind.HEAD, StepOutcome.SKIPPED, message="the ping failed"),
@@ -90,8 +93,9 @@ async def check_upstream(resolver: Resolver, upstream: Upstream, path: str) -> C
         try:
             auth = await authenticator.headers_for(upstream, parsed, budget)
         except VRegistryError as exc:
+            latency = 0.0 if isinstance(exc, EgressRefused) else _ms(started)
             result.steps.append(
-                Step(StepKind.TOKEN_EXCHANGE, StepOutcome.FAILED, 0, _ms(started), exc.message)
+                Step(StepKind.TOKEN_EXCHANGE, StepOutcome.FAILED, 0, latency, exc.message)
             )
             result.steps.append(
                 Step(StepKind.HEAD, StepOutcome.SKIPPED, message="the token exchange failed")

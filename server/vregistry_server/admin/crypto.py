@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 KEY_BYTES = 32
 NONCE_BYTES = 12
 FORMAT = "v1"
-_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# Used with fullmatch: "$" would also match before a trailing newline.
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 class KeyringError(Exception):
@@ -46,7 +47,7 @@ class Keyring:
             raise KeyringError("the keyring holds no key")
         seen: set[str] = set()
         for key_id, key in keys:
-            if not _KEY_ID.match(key_id):
+            if not _KEY_ID.fullmatch(key_id):
                 raise KeyringError(f"key id {key_id!r} must be 1-32 letters, digits, '_' or '-'")
             if len(key) != KEY_BYTES:
                 raise KeyringError(f"key {key_id!r} must be {KEY_BYTES} bytes (base64 of 32 bytes)")
@@ -116,6 +117,12 @@ class Keyring:
                 f"cannot decrypt a value sealed with key {key_id!r}: wrong key or tampered data"
             ) from None
 
+    def check_holds(self, token: str) -> None:
+        """Raise DecryptError when ``token`` was sealed with a key this keyring lacks."""
+        key_id = _split(token)[1]
+        if key_id not in self._keys:
+            raise DecryptError(f"sealed with key {key_id!r}, which the keyring does not hold")
+
     def is_current(self, token: str) -> bool:
         """True when ``token`` was sealed with the primary key."""
         return _split(token)[1] == self.primary_id
@@ -129,7 +136,7 @@ def _split(token: str) -> tuple[str, str, str]:
 
 
 def generate_key_line(key_id: str) -> str:
-    if not _KEY_ID.match(key_id):
+    if not _KEY_ID.fullmatch(key_id):
         raise KeyringError(f"key id {key_id!r} must be 1-32 letters, digits, '_' or '-'")
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
 

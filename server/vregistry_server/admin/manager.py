@@ -24,7 +24,6 @@ from typing import TypeVar
 
 from vregistry_server.admin.records import (
     REQUEST_FIELD_NAMES,
-    SEED_GROUP,
     RegistryRecord,
     State,
     UpstreamRecord,
@@ -47,6 +46,7 @@ from vregistry_server.errors import (
     UpstreamNotInRegistry,
 )
 from vregistry_server.model import Config, Credentials, Settings, Upstream
+from vregistry_server.oci.egress import check_egress_literal
 from vregistry_server.resolver import Resolver
 from vregistry_server.rules import (
     FieldError,
@@ -67,17 +67,25 @@ COMMIT_ATTEMPTS = 8
 WATCH_TIMEOUT_SECONDS = 1.0
 
 # The request fields of an upstream: the model's fields under their request names, with the
-# credentials as username and password (write-only), and the id in the resource name.
+# credentials as username and password (write-only), and the id and group in the resource name.
+# "source" is set by the service, never by a request: every create or update makes it "api".
 UPSTREAM_FIELDS: tuple[str, ...] = (
     *(
         REQUEST_FIELD_NAMES.get(f.name, f.name)
         for f in dataclasses.fields(Upstream)
-        if f.name not in {"id", "credentials"}
+        if f.name not in {"id", "credentials", "group", "source"}
     ),
     "username",
     "password",
 )
-UPSTREAM_OUTPUT_ONLY = ("name", "has_credentials", "etag", "create_time", "update_time")
+UPSTREAM_OUTPUT_ONLY = (
+    "name",
+    "has_credentials",
+    "credentials_unreadable",
+    "etag",
+    "create_time",
+    "update_time",
+)
 REGISTRY_FIELDS = ("display_name", "description")
 REGISTRY_OUTPUT_ONLY = ("name", "upstreams", "etag", "create_time", "update_time")
 _MODEL_FIELD_NAMES = {request: model for model, request in REQUEST_FIELD_NAMES.items()}
@@ -97,6 +105,7 @@ class UpstreamInput:
     token_flow: str = ""
     client_id: str = ""
     realm_allow_hosts: tuple[str, ...] = ()
+    allowed_actions: tuple[str, ...] = ()  # empty: the model's default (pull)
 
     def __repr__(self) -> str:
         return f"UpstreamInput(display_name={self.display_name!r}, url={self.url!r}, password=***)"
@@ -116,6 +125,8 @@ class UpstreamInput:
             fields.add("token_flow")
         if self.realm_allow_hosts:
             fields.add("realm_allow_hosts")
+        if self.allowed_actions:
+            fields.add("allowed_actions")
         return fields
 
     def model_value(self, request_field: str) -> object:
@@ -123,7 +134,7 @@ class UpstreamInput:
         if request_field == "cache_validity_hours" and self.cache_validity_hours is None:
             return _UPSTREAM_DEFAULT["cache_validity_hours"]
         value = getattr(self, request_field)
-        if request_field in {"token_flow", "client_id"} and not value:
+        if request_field in {"token_flow", "client_id", "allowed_actions"} and not value:
             return _UPSTREAM_DEFAULT[request_field]
         return value
 
@@ -191,12 +202,12 @@ class ConfigManager:
         async with self._apply_lock:
             state = state if state is not None else await self.store.load()
             # The generation alone is not enough: a Redis that lost its data starts over
-            # at 0, so the record versions are part of what "changed" means.
-            fingerprint = _fingerprint(state)
+            # at 0, so the record versions are part of what "changed" means. Both walk every
+            # record: a worker thread does it, so a store of thousands does not stall the loop.
+            fingerprint, config = await asyncio.to_thread(self._snapshot, state)
             if state.generation == self.generation and fingerprint == self._fingerprint:
                 return
             self._fingerprint = fingerprint
-            config = state.to_config(self.settings, self.source)
             changed = await self.resolver.apply_config(config)
             previous, self.generation = self.generation, state.generation
             self.last_applied_at = time.time()
@@ -211,13 +222,15 @@ class ConfigManager:
                 },
             )
 
+    def _snapshot(self, state: State) -> tuple[frozenset[tuple[str, str, int]], Config]:
+        return _fingerprint(state), state.to_config(self.settings, self.source)
+
     async def apply_seed(self, seed: Config) -> None:
         """Create what the YAML file declares and the store lacks; keep what the store has."""
 
         def plan(state: State, version: int, now: float) -> tuple[Changes, int]:
             upstreams = [
                 UpstreamRecord(
-                    group=SEED_GROUP,
                     upstream=_validated(u),
                     version=version,
                     create_time=now,
@@ -226,17 +239,19 @@ class ConfigManager:
                 for u in seed.upstreams.values()
                 if u.id not in state.upstreams
             ]
-            known = set(state.upstreams) | {u.id for u in upstreams}
+            # id -> group: a registry only takes members of its own group, even when an id
+            # of the seed was taken at runtime by another group's upstream.
+            known = {u.id: u.group for u in (*state.upstreams.values(), *upstreams)}
             registries = [
                 RegistryRecord(
-                    group=SEED_GROUP,
+                    group=r.group,  # the YAML entry's group (config.py: default "default")
                     id=r.id,
                     name=r.name,
                     description=r.description,
                     members=tuple(
                         m.upstream.id
                         for m in sorted(r.upstreams, key=lambda m: m.position)
-                        if m.upstream.id in known
+                        if known.get(m.upstream.id) == r.group
                     ),
                     version=version,
                     create_time=now,
@@ -261,19 +276,32 @@ class ConfigManager:
         return _find_registry(await self.store.load(), "name", name)
 
     async def list_upstreams(
-        self, parent: str, page_size: int, page_token: str
+        self,
+        parent: str,
+        page_size: int,
+        page_token: str,
+        visible: Callable[[str], bool] = lambda group: True,
     ) -> tuple[list[UpstreamRecord], str]:
+        """``visible`` says which groups the caller may see (``groups/-`` lists only those)."""
         group = parse_parent("parent", parent, allow_wildcard=True)
         state = await self.store.load()
-        records = [u for u in state.upstreams.values() if group in ("-", u.group)]
+        records = [
+            u for u in state.upstreams.values() if group in ("-", u.group) and visible(u.group)
+        ]
         return _page(records, parent, page_size, page_token)
 
     async def list_registries(
-        self, parent: str, page_size: int, page_token: str
+        self,
+        parent: str,
+        page_size: int,
+        page_token: str,
+        visible: Callable[[str], bool] = lambda group: True,
     ) -> tuple[list[RegistryRecord], str]:
         group = parse_parent("parent", parent, allow_wildcard=True)
         state = await self.store.load()
-        records = [r for r in state.registries.values() if group in ("-", r.group)]
+        records = [
+            r for r in state.registries.values() if group in ("-", r.group) and visible(r.group)
+        ]
         return _page(records, parent, page_size, page_token)
 
     async def resolve_for_test(self, name: str) -> UpstreamRecord:
@@ -286,11 +314,12 @@ class ConfigManager:
     ) -> UpstreamRecord:
         group = parse_parent("parent", parent)
         record = build_unsaved_upstream(group, upstream_id, data)
+        check_egress_literal(record.upstream, self.settings)
 
         def plan(state: State, version: int, now: float) -> tuple[Changes, UpstreamRecord]:
             existing = state.upstreams.get(record.id)
             if existing is not None:
-                raise AlreadyExists(f"upstream {existing.resource_name} already exists")
+                raise _id_taken("upstream", existing.group, record.resource_name, record.id)
             stored = dataclasses.replace(record, version=version, create_time=now, update_time=now)
             _check_duplicate(state, stored)
             return Changes(put_upstreams=(stored,)), stored
@@ -319,17 +348,27 @@ class ConfigManager:
             candidate = dataclasses.replace(
                 old,
                 upstream=_validated(
-                    dataclasses.replace(old.upstream, credentials=credentials, **values)  # type: ignore[arg-type]
+                    dataclasses.replace(
+                        old.upstream,
+                        credentials=credentials,
+                        source="api",  # changed through ConfigService: see oci/egress.py
+                        **values,  # type: ignore[arg-type]
+                    )
                 ),
                 version=version,
                 update_time=now,
             )
-            if candidate.upstream.url != old.upstream.url and not paths & {"username", "password"}:
-                # GitLab's rule: a new url does not inherit the old url's credentials.
+            if _moved(old.upstream, candidate.upstream) and not (
+                "password" in paths and data.password
+            ):
+                # A password belongs to the host it was given for: a new url (or scheme) does
+                # not inherit it, whatever the mask says ([url, username] used to keep it and
+                # hand the old password to the new host).
                 candidate = dataclasses.replace(
                     candidate, upstream=dataclasses.replace(candidate.upstream, credentials=None)
                 )
             _check_duplicate(state, candidate)
+            check_egress_literal(candidate.upstream, self.settings)
             return Changes(put_upstreams=(candidate,)), candidate
 
         return await self._mutate(plan)
@@ -381,7 +420,7 @@ class ConfigManager:
         def plan(state: State, version: int, now: float) -> tuple[Changes, RegistryRecord]:
             existing = state.registries.get(record.id)
             if existing is not None:
-                raise AlreadyExists(f"registry {existing.resource_name} already exists")
+                raise _id_taken("registry", existing.group, record.resource_name, record.id)
             count = sum(1 for r in state.registries.values() if r.group == group)
             limit = self.settings.max_registries_per_group
             if count >= limit:
@@ -548,8 +587,25 @@ def build_unsaved_upstream(group: str, upstream_id: str, data: UpstreamInput) ->
     }
     credentials = _checked_credentials(data.username, data.password)
     return UpstreamRecord(
-        group=group,
-        upstream=_validated(Upstream(id=upstream_id, credentials=credentials, **values)),  # type: ignore[arg-type]
+        upstream=_validated(
+            # source "api": written through ConfigService, it may reach public addresses only
+            # (and settings.egress_allow_cidrs), see oci/egress.py.
+            Upstream(id=upstream_id, group=group, credentials=credentials, source="api", **values)  # type: ignore[arg-type]
+        ),
+    )
+
+
+def _id_taken(kind: str, taken_by: str, name: str, resource_id: str) -> AlreadyExists:
+    """ALREADY_EXISTS that never names another group's resource.
+
+    Ids are unique across groups (UpstreamService takes the id alone), so an id of
+    another group is refused too, but the answer does not say which group has it.
+    """
+    if name.split("/")[1] == taken_by:
+        return AlreadyExists(f"{kind} {name} already exists")
+    return AlreadyExists(
+        f"{kind} id {resource_id!r} already exists in another group (ids are unique across"
+        " groups); choose another"
     )
 
 
@@ -580,6 +636,11 @@ def _fingerprint(state: State) -> frozenset[tuple[str, str, int]]:
         [("u", u.id, u.version) for u in state.upstreams.values()]
         + [("r", r.id, r.version) for r in state.registries.values()]
     )
+
+
+def _moved(old: Upstream, new: Upstream) -> bool:
+    """Whether an update points the upstream somewhere else (url, or http instead of https)."""
+    return new.url != old.url or new.allow_http != old.allow_http
 
 
 def _username(credentials: Credentials | None) -> str:

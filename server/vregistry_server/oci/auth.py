@@ -21,12 +21,13 @@ from vregistry_server.errors import (
     UpstreamUnreachable,
     VRegistryError,
 )
-from vregistry_server.model import AuthHeaders, Scheme, Settings, Upstream
+from vregistry_server.model import AuthHeaders, Credentials, Scheme, Settings, Upstream
 from vregistry_server.oci.basic import basic_authorization
 from vregistry_server.oci.http import Budget
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import RegistryPath, pull_scope
 from vregistry_server.oci.ping import AuthDiscovery, ping
+from vregistry_server.oci.realm_policy import AddressGuard
 from vregistry_server.oci.retry import RetryPolicy
 from vregistry_server.oci.singleflight import SingleFlight
 from vregistry_server.oci.token_cache import CachedToken, TokenCache, cache_key
@@ -53,8 +54,12 @@ class Authenticator:
         self._settings = settings
         self._observer = observer
         self._retry = RetryPolicy.from_settings(settings)
-        self._exchanger = TokenExchanger(client, observer=observer, retry=self._retry)
-        self._discoveries: dict[str, tuple[AuthDiscovery, float]] = {}
+        # The egress rule of every upstream (oci/egress.py), shared by ping, token and probe.
+        self.guard = AddressGuard(settings=settings)
+        self._exchanger = TokenExchanger(client, self.guard, observer=observer, retry=self._retry)
+        # Keyed by the upstream's auth identity, not its id: a ping in flight while the
+        # url or credentials change is stored for the old identity, never for the new one.
+        self._discoveries: dict[AuthIdentity, tuple[AuthDiscovery, float]] = {}
         self._discovery_flight: SingleFlight[AuthDiscovery] = SingleFlight()
         self._token_flight: SingleFlight[CachedToken] = SingleFlight()
         # Per upstream, the cache keys this process stored tokens under (oldest first).
@@ -63,17 +68,23 @@ class Authenticator:
     # ------------------------------------------------------------------ discovery
 
     async def discover(self, upstream: Upstream, budget: Budget) -> AuthDiscovery:
-        cached = self._discoveries.get(upstream.id)
+        identity = auth_identity(upstream)
+        cached = self._discoveries.get(identity)
         if cached is not None and time.monotonic() < cached[1]:
             return cached[0]
         return await self._wait(
-            self._discovery_flight.run(upstream.id, lambda: self._ping_and_remember(upstream)),
+            self._discovery_flight.run(
+                _flight_key(identity), lambda: self._ping_and_remember(upstream)
+            ),
             budget,
         )
 
     async def _ping_and_remember(self, upstream: Upstream) -> AuthDiscovery:
         try:
-            discovery = await ping(self._client, upstream, self._shared_budget(), self._retry)
+            scope = await self.guard.scope_for(upstream)
+            discovery = await ping(
+                self._client, upstream, self._shared_budget(), self._retry, scope=scope
+            )
         except VRegistryError as exc:
             self._observer.ping(upstream.id, exc.reason.lower())
             if isinstance(exc, RealmRefused):
@@ -95,11 +106,12 @@ class Authenticator:
 
     def remember(self, upstream: Upstream, discovery: AuthDiscovery) -> None:
         valid_until = time.monotonic() + self._settings.challenge_cache_seconds
-        self._discoveries[upstream.id] = (discovery, valid_until)
+        self._discoveries[auth_identity(upstream)] = (discovery, valid_until)
 
     def forget(self, upstream_id: str) -> None:
         """Drop what we know about an upstream's auth: the next call rediscovers it."""
-        self._discoveries.pop(upstream_id, None)
+        for identity in [i for i in self._discoveries if i[0] == upstream_id]:
+            del self._discoveries[identity]
         self._exchanger.forget(upstream_id)
 
     async def invalidate(self, *upstream_ids: str) -> None:
@@ -231,6 +243,30 @@ class Authenticator:
                 return await awaitable
         except TimeoutError:
             raise UpstreamUnreachable("timed out waiting for the upstream's auth") from None
+
+
+AuthIdentity = tuple[object, ...]
+
+
+def auth_identity(upstream: Upstream) -> AuthIdentity:
+    """What an upstream's discovered challenge and tokens depend on (its id first)."""
+    return (
+        upstream.id,
+        upstream.source,
+        upstream.url,
+        upstream.credentials,
+        upstream.allow_http,
+        upstream.token_flow,
+        upstream.client_id,
+        upstream.realm_allow_hosts,
+    )
+
+
+def _flight_key(identity: AuthIdentity) -> str:
+    # SingleFlight keys are strings; the repr of Credentials never shows the password,
+    # so the fingerprint stands for the credentials.
+    parts = [p.fingerprint if isinstance(p, Credentials) else repr(p) for p in identity]
+    return "\x1f".join(parts)
 
 
 def _bearer_headers(token: CachedToken, key: str, *, cache_hit: bool) -> AuthHeaders:

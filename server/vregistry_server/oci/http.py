@@ -1,8 +1,11 @@
 """The HTTP plumbing every upstream call shares.
 
-One long-lived httpx.AsyncClient (connection reuse matters on the hot path),
-bodies read with a cap, redirects followed by hand so that ``Authorization``
-never travels to another host, and a time budget that respects both the
+One long-lived httpx.AsyncClient with one connection pool per upstream
+(connection reuse matters on the hot path; a slow upstream fills only its own),
+every connection checked by the egress policy (oci/egress.py), bodies read with
+a cap, redirects followed by hand so that ``Authorization`` and a form body
+never travel to another host, at most ``max_in_flight_per_upstream`` exchanges
+per upstream, a hard deadline on each, and a time budget that respects both the
 configured timeout and the caller's gRPC deadline.
 """
 
@@ -10,19 +13,36 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
 
-from vregistry_server.errors import RealmRefused, UpstreamProtocolError, UpstreamUnreachable
-from vregistry_server.oci.realm_policy import EGRESS_REFUSED, GuardedNetworkBackend
+from vregistry_server.errors import (
+    EgressRefused,
+    RealmRefused,
+    UpstreamProtocolError,
+    UpstreamUnreachable,
+)
+from vregistry_server.oci.egress import (
+    EGRESS_REFUSED,
+    STRICT_SCOPE,
+    EgressScope,
+    current_scope,
+    default_port,
+    enter_scope,
+    literal_addresses,
+)
+from vregistry_server.oci.realm_policy import GuardedNetworkBackend
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
 DEADLINE_MARGIN_SECONDS = 0.05
 MAX_ABANDONED_EXCHANGES = 2000
+MAX_POOLS = 1024
 USER_AGENT = "vregistry/0.1 (+https://github.com/vregistry/vregistry)"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -33,22 +53,68 @@ def make_client(*, connect_timeout: float, request_timeout: float) -> httpx.Asyn
         follow_redirects=False,
         trust_env=False,
         timeout=httpx.Timeout(request_timeout, connect=connect_timeout),
-        transport=guarded_transport(),
+        transport=UpstreamTransports(),
         headers={"User-Agent": USER_AGENT},
     )
 
 
-def guarded_transport() -> httpx.AsyncHTTPTransport:
-    """httpx's transport, with connections that obey the realm address policy.
+def guarded_transport(max_connections: int = 200) -> httpx.AsyncHTTPTransport:
+    """httpx's transport, with connections that obey the egress policy (oci/egress.py).
 
     httpx does not expose httpcore's network_backend, so it is set on the pool
     it built (httpx is pinned; tests/unit/test_realm_policy.py checks this holds).
     """
     transport = httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=min(max_connections, 50),
+        )
     )
     transport._pool._network_backend = GuardedNetworkBackend()
     return transport
+
+
+class UpstreamTransports(httpx.AsyncBaseTransport):
+    """One connection pool per upstream (the key of the request's egress scope).
+
+    A tarpit upstream then fills only its own pool, and a connection opened under one
+    upstream's egress rule is never reused by another upstream whose rule is stricter
+    (an API upstream on the same origin as an operator one).
+    """
+
+    def __init__(self, max_pools: int = MAX_POOLS) -> None:
+        self._pools: OrderedDict[str, httpx.AsyncHTTPTransport] = OrderedDict()
+        self._max_pools = max_pools
+        self._closing: set[asyncio.Future[None]] = set()
+
+    def pool_for(self, scope: EgressScope) -> httpx.AsyncHTTPTransport:
+        pool = self._pools.get(scope.key)
+        if pool is None:
+            pool = self._pools[scope.key] = guarded_transport(scope.max_connections)
+            self._drop_idle_pools()
+        else:
+            self._pools.move_to_end(scope.key)
+        return pool
+
+    def _drop_idle_pools(self) -> None:
+        # Least recently used first: pools of upstreams gone (or of TestUpstream's unsaved
+        # ones) with no request in flight; their idle connections are closed in the background.
+        for key in list(self._pools)[: max(len(self._pools) - self._max_pools, 0)]:
+            pool = self._pools[key]
+            if pool._pool._requests:
+                continue
+            del self._pools[key]
+            closing = asyncio.ensure_future(pool.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.pool_for(current_scope()).handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), OrderedDict()
+        for pool in pools:
+            await pool.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +198,8 @@ async def transport_errors(url: httpx.URL | str) -> AsyncIterator[None]:
         yield
     except (httpx.TransportError, TimeoutError) as exc:
         if isinstance(exc, httpx.ConnectError) and EGRESS_REFUSED in str(exc):
-            raise RealmRefused(
-                "address",
-                f"a token request to {_origin(httpx.URL(str(url)))} was redirected to a refused "
-                "address; no credentials were sent",
-            ) from None
+            # The guarded backend refused before opening a socket: nothing was sent.
+            raise EgressRefused(f"{exc}; nothing was sent") from None
         raise UpstreamUnreachable(describe_transport_error(exc, url)) from None
 
 
@@ -144,6 +207,35 @@ async def transport_errors(url: httpx.URL | str) -> AsyncIterator[None]:
 # held here until they end by httpx's own timeouts, so they are never garbage-collected
 # half-way and their errors are always retrieved.
 _abandoned: set[asyncio.Task[Response]] = set()
+# Per client and upstream (egress scope key): a slot for every exchange not finished yet,
+# abandoned ones included. Per client, so that a client (and its event loop) gone takes its
+# slots along.
+_slots: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+# Called with each redirect target before it is requested (e.g. the realm rule).
+RedirectCheck = Callable[[httpx.URL], None]
+
+
+async def _take_slot(
+    client: httpx.AsyncClient, scope: EgressScope, budget: Budget, url: str | httpx.URL
+) -> asyncio.Semaphore:
+    """Wait, within the budget, until the upstream has fewer than ``max_in_flight``
+    exchanges; a tarpit's callers wait for the tarpit, nobody else does."""
+    slots = _slots.setdefault(client, {})
+    slot = slots.get(scope.key)
+    if slot is None:
+        slot = slots[scope.key] = asyncio.Semaphore(scope.max_in_flight)
+    try:
+        async with budget.timeout():
+            await slot.acquire()
+    except TimeoutError:
+        raise UpstreamUnreachable(
+            f"{scope.max_in_flight} requests to {_origin(httpx.URL(str(url)))} are still in "
+            "flight (settings.max_in_flight_per_upstream) and none ended within the time budget"
+        ) from None
+    return slot
 
 
 async def send(
@@ -158,8 +250,19 @@ async def send(
     read_body: bool = True,
     follow_redirects: bool = True,
     discard_oversized_body: bool = False,
+    scope: EgressScope = STRICT_SCOPE,
+    redirect_check: RedirectCheck | None = None,
 ) -> Response:
     """Send a request within the budget, following redirects safely.
+
+    Every connection runs under ``scope`` (the upstream's egress rule, pool and
+    limits): at most ``scope.max_in_flight`` exchanges per upstream, abandoned ones
+    included (more wait for a slot within their own budget, then UNAVAILABLE: a tarpit's
+    callers wait for the tarpit, nobody else does), and
+    each exchange is cancelled, closing its connection, ``scope.hard_deadline_seconds``
+    after it started even when its caller left long ago. ``redirect_check`` vets each
+    redirect target; a redirect of a request with a form body to another host is refused
+    (the body may hold a password), never replayed there.
 
     Authorization is dropped as soon as a redirect leaves the original host,
     and an https -> http downgrade is refused. A body is read up to MAX_BODY_BYTES;
@@ -179,6 +282,57 @@ async def send(
         raise UpstreamUnreachable(
             f"too many unanswered upstream requests in flight; not contacting {_origin(httpx.URL(str(url)))}"
         )
+    slot = await _take_slot(client, scope, budget, url)
+    try:
+        exchange = _start_exchange(
+            client,
+            method,
+            url,
+            budget=budget,
+            headers=headers,
+            params=params,
+            data=data,
+            read_body=read_body,
+            follow_redirects=follow_redirects,
+            discard_oversized_body=discard_oversized_body,
+            scope=scope,
+            redirect_check=redirect_check,
+        )
+    except BaseException:
+        slot.release()
+        raise
+    _bound(exchange, scope, slot)
+    try:
+        async with budget.timeout():
+            return await asyncio.shield(exchange)
+    except TimeoutError:
+        _abandon(exchange)
+        raise UpstreamUnreachable(describe_transport_error(TimeoutError(), url)) from None
+    except asyncio.CancelledError:
+        _abandon(exchange)
+        task = asyncio.current_task()
+        if exchange.cancelled() and task is not None and not task.cancelling():
+            # The exchange hit its hard deadline while we still waited: a timeout, not
+            # our caller cancelling us.
+            raise UpstreamUnreachable(describe_transport_error(TimeoutError(), url)) from None
+        raise
+
+
+def _start_exchange(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str | httpx.URL,
+    *,
+    budget: Budget,
+    headers: dict[str, str] | None,
+    params: list[tuple[str, str]] | None,
+    data: dict[str, str] | None,
+    read_body: bool,
+    follow_redirects: bool,
+    discard_oversized_body: bool,
+    scope: EgressScope,
+    redirect_check: RedirectCheck | None,
+) -> asyncio.Task[Response]:
     remaining = budget.remaining()
     if remaining <= 0:
         raise UpstreamUnreachable(f"timed out before contacting {_origin(httpx.URL(str(url)))}")
@@ -188,7 +342,7 @@ async def send(
     timeout = httpx.Timeout(
         remaining, connect=min(remaining, client.timeout.connect or remaining), pool=None
     )
-    exchange = asyncio.ensure_future(
+    return asyncio.ensure_future(
         _exchange(
             client,
             method,
@@ -200,17 +354,26 @@ async def send(
             read_body=read_body,
             follow_redirects=follow_redirects,
             discard_oversized_body=discard_oversized_body,
+            scope=scope,
+            redirect_check=redirect_check,
         )
     )
-    try:
-        async with budget.timeout():
-            return await asyncio.shield(exchange)
-    except TimeoutError:
-        _abandon(exchange)
-        raise UpstreamUnreachable(describe_transport_error(TimeoutError(), url)) from None
-    except asyncio.CancelledError:
-        _abandon(exchange)
-        raise
+
+
+def _bound(exchange: asyncio.Task[Response], scope: EgressScope, slot: asyncio.Semaphore) -> None:
+    """Hold the upstream's slot until the exchange ends, and end it by the hard deadline.
+
+    The cap is a cancellation of the exchange's own task: httpcore closes the connection
+    of a response whose reading is cancelled (a trickling tarpit is cut off here), where
+    the per-read timeouts alone would let one byte every few seconds go on forever.
+    """
+    cap = asyncio.get_running_loop().call_later(scope.hard_deadline_seconds, exchange.cancel)
+
+    def finished(_task: asyncio.Task[Response]) -> None:
+        cap.cancel()
+        slot.release()
+
+    exchange.add_done_callback(finished)
 
 
 def _abandon(exchange: asyncio.Task[Response]) -> None:
@@ -240,10 +403,16 @@ async def _exchange(
     read_body: bool,
     follow_redirects: bool,
     discard_oversized_body: bool,
+    scope: EgressScope,
+    redirect_check: RedirectCheck | None,
 ) -> Response:
+    # This task's own context: the scope picks the upstream's pool and rule for every
+    # connection of every hop, and does not leak to the caller.
+    enter_scope(scope)
     original = current
     async with transport_errors(current):
         for _hop in range(MAX_REDIRECTS + 1):
+            await _check_literal(scope, current)
             request = client.build_request(
                 method,
                 current,
@@ -258,7 +427,10 @@ async def _exchange(
                 if follow_redirects and response.status_code in REDIRECT_STATUSES and location:
                     target = current.join(location)
                     check_redirect(current, target)
+                    if redirect_check is not None:
+                        redirect_check(target)
                     if not same_host(target, original):
+                        _refuse_body_elsewhere(response.status_code, data, current, target)
                         headers.pop("Authorization", None)
                         headers.pop("authorization", None)
                     if response.status_code == 303 and method != "HEAD":
@@ -272,6 +444,32 @@ async def _exchange(
             finally:
                 await response.aclose()
     raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {_origin(current)}")
+
+
+async def _check_literal(scope: EgressScope, url: httpx.URL) -> None:
+    """An IP-literal host is judged before the pool is asked: a pooled connection is
+    never reused for an address the scope refuses (names are judged in connect_tcp)."""
+    addresses = literal_addresses(url.host)
+    if addresses is None:
+        return
+    port = url.port or default_port(url.scheme)
+    refusal = scope.refusal(url.host, port, addresses, await scope.classes_for(url.host, port))
+    if refusal is not None:
+        raise EgressRefused(f"{refusal}; nothing was sent")
+
+
+def _refuse_body_elsewhere(
+    status: int, data: dict[str, str] | None, current: httpx.URL, target: httpx.URL
+) -> None:
+    """A 307/308 replays the body; to another host that would hand it the OAuth2 form
+    (password, refresh token). Refused rather than sent without a body: a body-less token
+    POST could only fail, and the redirect itself is the hostile part."""
+    if data and status in {307, 308}:
+        raise RealmRefused(
+            "redirect",
+            f"the token server at {_origin(current)} redirected the token request with its form "
+            f"to another host ({_origin(target)}); the form and credentials were not sent there",
+        )
 
 
 def same_host(a: httpx.URL, b: httpx.URL) -> bool:

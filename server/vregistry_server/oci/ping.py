@@ -25,6 +25,7 @@ from vregistry_server.oci.challenge import (
     parse_challenges,
     preferred_challenge,
 )
+from vregistry_server.oci.egress import STRICT_SCOPE, EgressScope
 from vregistry_server.oci.http import Budget, Response, send
 from vregistry_server.oci.realm_policy import check_realm_host
 from vregistry_server.oci.retry import (
@@ -60,9 +61,13 @@ async def ping(
     upstream: Upstream,
     budget: Budget,
     retry: RetryPolicy = DEFAULT_RETRY_POLICY,
+    *,
+    scope: EgressScope = STRICT_SCOPE,
 ) -> AuthDiscovery:
+    """GET /v2/ under the upstream's egress scope: the ping and every redirect it follows
+    connect only where the scope allows (oci/egress.py)."""
     url = upstream.url_for("")
-    response = await retry.run(budget, lambda: send(client, "GET", url, budget=budget))
+    response = await retry.run(budget, lambda: send(client, "GET", url, budget=budget, scope=scope))
     if 200 <= response.status < 300:
         return NO_AUTH
     if response.status == 401:

@@ -25,6 +25,7 @@ import httpx
 
 from vregistry_server.errors import (
     CredentialsRejected,
+    EgressRefused,
     NotFoundOnUpstreams,
     ResolveFailed,
     UpstreamProtocolError,
@@ -46,6 +47,7 @@ from vregistry_server.model import (
 )
 from vregistry_server.oci.auth import Authenticator
 from vregistry_server.oci.circuit import CircuitBreaker
+from vregistry_server.oci.egress import EgressScope
 from vregistry_server.oci.http import (
     MAX_REDIRECTS,
     REDIRECT_STATUSES,
@@ -144,6 +146,7 @@ class Prober:
             min(budget.deadline, time.monotonic() + self._settings.probe_timeout_seconds)
         )
         hit: Hit | None = None
+        refused = False
         try:
             hit = await self._probe(member, path, probe_budget, attempt)
         except UpstreamRateLimited as exc:  # its /v2/ or its token server answered 429
@@ -152,6 +155,11 @@ class Prober:
             attempt.retry_after_seconds = exc.retry_after_seconds
         except CredentialsRejected as exc:
             attempt.outcome, attempt.message = Outcome.AUTH_FAILED, exc.message
+        except EgressRefused as exc:
+            # Never contacted: no status and no latency of the refused target are reported.
+            attempt.outcome, attempt.message = Outcome.UNAVAILABLE, exc.message
+            attempt.http_status = 0
+            refused = True
         except VRegistryError as exc:
             attempt.outcome, attempt.message = Outcome.UNAVAILABLE, exc.message
         except TimeoutError:
@@ -159,12 +167,12 @@ class Prober:
         except BaseException:
             self.breaker.release(upstream.id)  # cancelled: no verdict on the upstream
             raise
-        elapsed = time.perf_counter() - started
+        elapsed = 0.0 if refused else time.perf_counter() - started
         attempt.latency_ms = round(elapsed * 1000, 3)
         # Only UNAVAILABLE counts against the circuit: a rate-limited upstream (429 to the
         # probe, to its ping or from its token server) is up and answering, and says when
         # to come back; opening its circuit would only hide that delay.
-        if attempt.outcome is Outcome.UNAVAILABLE:
+        if attempt.outcome is Outcome.UNAVAILABLE and not refused:
             self.breaker.record_failure(upstream.id)
         else:
             self.breaker.record_success(upstream.id)
@@ -188,7 +196,9 @@ class Prober:
         url = upstream.url_for(path.api_path)
         auth = await self._auth.headers_for(upstream, path, budget)
         headers = _fetch_headers(path, auth)
-        response = await self._check(url, path, headers, budget)
+        # Every request of this probe (redirect hops included) under the upstream's egress scope.
+        scope = await self._auth.guard.scope_for(upstream)
+        response = await self._check(url, path, headers, budget, scope)
         if response.status == 401:
             # The token was revoked or expired early, or this resource asks for
             # another challenge than /v2/ did: re-authenticate once and retry.
@@ -199,10 +209,10 @@ class Prober:
                     upstream, path, budget, discovery=discovery, bypass_cache=True
                 )
                 headers = _fetch_headers(path, auth)
-                response = await self._check(url, path, headers, budget)
+                response = await self._check(url, path, headers, budget, scope)
         if path.is_manifest and response.status in REDIRECT_STATUSES:
             url, headers, response = await self._follow(
-                upstream, path, url, headers, response, budget
+                upstream, path, url, headers, response, budget, scope
             )
         attempt.http_status = response.status
         return _classify(member, path, url, headers, response, attempt)
@@ -215,6 +225,7 @@ class Prober:
         headers: dict[str, str],
         response: Response,
         budget: Budget,
+        scope: EgressScope,
     ) -> tuple[str, dict[str, str], Response]:
         """Follow a manifest's redirects as containerd does; returns where it really is.
 
@@ -245,7 +256,7 @@ class Prober:
             current = target
             known = next((h for u, h in per_host if same_host(u, current)), None)
             headers = plain if known is None else known
-            response = await self._check(str(current), path, headers, budget)
+            response = await self._check(str(current), path, headers, budget, scope)
             if known is None:
                 if response.status == 401:
                     elsewhere = _redirect_target_upstream(upstream, current)
@@ -254,25 +265,41 @@ class Prober:
                         elsewhere, path, budget, discovery=discovery
                     )
                     headers = {**plain, **auth.headers}
-                    response = await self._check(str(current), path, headers, budget)
+                    response = await self._check(str(current), path, headers, budget, scope)
                 per_host.append((current, headers))
         return str(current), headers, response
 
     async def _check(
-        self, url: str, path: RegistryPath, headers: dict[str, str], budget: Budget
+        self,
+        url: str,
+        path: RegistryPath,
+        headers: dict[str, str],
+        budget: Budget,
+        scope: EgressScope,
     ) -> Response:
         """Ask for the resource once, under the retry policy; no redirect is followed."""
-        return await self._retry.run(budget, lambda: self._ask(url, path, headers, budget))
+        return await self._retry.run(budget, lambda: self._ask(url, path, headers, budget, scope))
 
     async def _ask(
-        self, url: str, path: RegistryPath, headers: dict[str, str], budget: Budget
+        self,
+        url: str,
+        path: RegistryPath,
+        headers: dict[str, str],
+        budget: Budget,
+        scope: EgressScope,
     ) -> Response:
         # Redirects are not followed here: a blob's redirect to storage already says
         # "found", and following it would carry Authorization to the storage host; a
         # manifest's is followed by _follow, hop by hop.
         if path.endpoint is not Endpoint.TAGS_LIST:
             response = await send(
-                self._client, "HEAD", url, budget=budget, headers=headers, follow_redirects=False
+                self._client,
+                "HEAD",
+                url,
+                budget=budget,
+                headers=headers,
+                follow_redirects=False,
+                scope=scope,
             )
             if response.status not in _HEAD_REFUSED_STATUSES:
                 return response
@@ -287,6 +314,7 @@ class Prober:
             read_body=path.endpoint is not Endpoint.BLOBS,
             discard_oversized_body=True,
             follow_redirects=False,
+            scope=scope,
         )
 
 

@@ -7,13 +7,14 @@ proxy. Three rules, after ggcr, distribution's proxy and regclient:
 
 1. Host: the realm is on the upstream's own host, on the same registrable
    domain (public suffix list: ``auth.docker.io`` for ``registry-1.docker.io``),
-   or on the upstream's ``realm_allow_hosts``.
+   or on the upstream's ``realm_allow_hosts``. For an upstream written through
+   the API the port counts too (``host:port`` entries allow-list one port).
+   Every redirect hop of a token request is judged by the same rule.
 2. Scheme: https, or http only for an upstream that is itself plain http and
    allowed to be (checked in ping.py; redirects never downgrade, see http.py).
-3. Address: after DNS resolution, every address we connect to is public, or in
-   the same class as the upstream's own address (a registry on 127.0.0.1 may
-   use a token server on 127.0.0.1, a public one may not). The check runs in
-   the connection itself, so a name that resolves differently the second
+3. Address: the egress policy (oci/egress.py) of the upstream, checked here
+   before the first byte (``AddressGuard.admit``) and again in every connection
+   (``GuardedNetworkBackend``), so a name that resolves differently the second
    time (DNS rebinding) still cannot reach a refused address.
 """
 
@@ -21,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import enum
-import ipaddress
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,40 +32,30 @@ import httpx
 from publicsuffixlist import PublicSuffixList
 
 from vregistry_server.errors import RealmRefused
-from vregistry_server.model import Upstream
+from vregistry_server.model import Settings, Upstream
+from vregistry_server.oci.egress import (
+    EGRESS_REFUSED,
+    OPERATOR_ORIGIN_CLASSES,
+    PUBLIC_ONLY,
+    AddressClass,
+    EgressPolicy,
+    EgressScope,
+    classify,
+    current_scope,
+    default_port,
+    enter_scope,
+    is_ip,
+    leave_scope,
+    literal_addresses,
+)
+from vregistry_server.rules import parse_allow_cidrs
+
+__all__ = ["EGRESS_REFUSED", "AddressClass", "classify"]  # re-exported for callers and tests
 
 _PSL = PublicSuffixList()
-EGRESS_REFUSED = "egress refused"
 _UPSTREAM_CLASS_TTL_SECONDS = 60.0
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class AddressClass(enum.Enum):
-    PUBLIC = "public"
-    PRIVATE = "private"
-    LOOPBACK = "loopback"
-    LINK_LOCAL = "link-local"
-    FORBIDDEN = "forbidden"  # unspecified, multicast, reserved: never a token server
-
-
-def classify(address: str | IPAddress) -> AddressClass:
-    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return AddressClass.LOOPBACK
-    if ip.is_link_local:
-        return AddressClass.LINK_LOCAL
-    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
-        return AddressClass.FORBIDDEN
-    if ip.is_private or ip in _CGNAT:
-        return AddressClass.PRIVATE
-    return AddressClass.PUBLIC
-
-
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
 def allowed_classes(upstream_classes: Iterable[AddressClass]) -> frozenset[AddressClass]:
@@ -74,12 +63,7 @@ def allowed_classes(upstream_classes: Iterable[AddressClass]) -> frozenset[Addre
     return frozenset({AddressClass.PUBLIC, *upstream_classes}) - {AddressClass.FORBIDDEN}
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
+_is_ip = is_ip
 
 
 def registrable_domain(host: str) -> str | None:
@@ -89,27 +73,52 @@ def registrable_domain(host: str) -> str | None:
     return suffix
 
 
-def host_allowed(upstream: Upstream, realm_host: str) -> bool:
-    """Rule 1: same host, same registrable domain, or allow-listed."""
-    upstream_host = (httpx.URL(upstream.url).host or "").lower()
+def host_allowed(upstream: Upstream, realm_host: str, realm_port: int | None = None) -> bool:
+    """Rule 1: the upstream's own host, its registrable domain, or allow-listed.
+
+    For an upstream created or changed through the API the port counts too: a realm on
+    its host (or registrable domain) but another port is another service, admitted only
+    by an allow-list entry (``auth.example.com`` admits any port of that host,
+    ``127.0.0.1:5001`` that port only). An operator's upstream keeps the host rule of
+    old (a self-hosted registry on :5000 with its token server on :5001): the operator
+    chose that host. ``realm_port`` None means the upstream's own port.
+    """
+    url = httpx.URL(upstream.url)
+    upstream_host = (url.host or "").lower()
+    upstream_port = url.port or default_port(url.scheme)
     realm_host = realm_host.lower().rstrip(".")
+    port = realm_port or upstream_port
+    if any(_matches(pattern, realm_host, port) for pattern in upstream.realm_allow_hosts):
+        return True
+    if upstream.source == "api" and port != upstream_port:
+        return False
     if realm_host == upstream_host:
         return True
-    for pattern in upstream.realm_allow_hosts:
-        pattern = pattern.lower()
-        if realm_host == pattern or (pattern.startswith("*.") and realm_host.endswith(pattern[1:])):
-            return True
     domain = registrable_domain(realm_host)
     return domain is not None and domain == registrable_domain(upstream_host)
 
 
+def _matches(pattern: str, host: str, port: int) -> bool:
+    pattern = pattern.lower()
+    name, _, wanted = pattern.rpartition(":") if _has_port(pattern) else (pattern, "", "")
+    if wanted and int(wanted) != port:
+        return False
+    return host == name or (name.startswith("*.") and host.endswith(name[1:]))
+
+
+def _has_port(pattern: str) -> bool:
+    head, sep, tail = pattern.rpartition(":")
+    return bool(sep) and bool(head) and tail.isdigit()
+
+
 def check_realm_host(upstream: Upstream, realm: httpx.URL) -> None:
-    if not host_allowed(upstream, realm.host):
+    if not host_allowed(upstream, realm.host, realm.port or default_port(realm.scheme)):
+        where = f"{realm.host}:{realm.port or default_port(realm.scheme)}"
         raise RealmRefused(
             "host",
-            f"upstream {upstream.name!r} sent a token realm on {realm.host!r}, which is neither its "
-            "own host nor its registrable domain; no credentials were sent (add the host to the "
-            "upstream's realm_allow_hosts if it is trusted)",
+            f"upstream {upstream.name!r} sent a token realm on {where!r}, which is neither its "
+            "own host and port nor its registrable domain; no credentials were sent (add the "
+            "host, or host:port, to the upstream's realm_allow_hosts if it is trusted)",
             metadata={"upstream_id": upstream.id},
         )
 
@@ -120,31 +129,34 @@ async def system_resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-# The address classes the current realm request may connect to; None outside one.
-_ALLOWED: contextvars.ContextVar[frozenset[AddressClass] | None] = contextvars.ContextVar(
-    "vregistry_realm_allowed_classes", default=None
-)
-
-
 class AddressGuard:
-    """Rule 3, both before a realm request (clear error) and inside its connections."""
+    """Rule 3 and the egress scope of an upstream: which addresses its connections may reach.
 
-    def __init__(self, resolve: Resolve = system_resolve) -> None:
+    ``scope_for`` builds the EgressScope every request of an operation on the upstream
+    runs under (oci/egress.py); ``admit`` checks a realm against it before any byte is
+    sent, so a refused realm gets a clear UPSTREAM_REALM_REFUSED.
+    """
+
+    def __init__(self, resolve: Resolve = system_resolve, settings: Settings | None = None) -> None:
         self._resolve = resolve
-        self._upstream_classes: dict[str, tuple[frozenset[AddressClass], float]] = {}
+        self._settings = settings or Settings()
+        self.policy = EgressPolicy(parse_allow_cidrs(self._settings.egress_allow_cidrs))
+        # Per upstream id: its address classes, until when, and for which url.
+        self._upstream_classes: dict[str, tuple[frozenset[AddressClass], float, str]] = {}
 
     async def upstream_classes(self, upstream: Upstream) -> frozenset[AddressClass]:
         cached = self._upstream_classes.get(upstream.id)
-        if cached is not None and time.monotonic() < cached[1]:
+        if cached is not None and time.monotonic() < cached[1] and cached[2] == upstream.url:
             return cached[0]
         url = httpx.URL(upstream.url)
         host = url.host
-        port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = [host] if _is_ip(host) else await self._resolve(host, port)
+        port = url.port or default_port(url.scheme)
+        addresses = literal_addresses(host) or await self._resolve(host, port)
         classes = frozenset(classify(a) for a in addresses)
         self._upstream_classes[upstream.id] = (
             classes,
             time.monotonic() + _UPSTREAM_CLASS_TTL_SECONDS,
+            upstream.url,
         )
         return classes
 
@@ -152,40 +164,63 @@ class AddressGuard:
         """Drop the upstream's cached address classes (its url may point elsewhere now)."""
         self._upstream_classes.pop(upstream_id, None)
 
-    async def admit(self, upstream: Upstream, realm: httpx.URL) -> frozenset[AddressClass]:
-        """Check the realm's addresses; returns the classes its connections may use."""
-        allowed = allowed_classes(await self.upstream_classes(upstream))
-        port = realm.port or (443 if realm.scheme == "https" else 80)
+    async def scope_for(self, upstream: Upstream) -> EgressScope:
+        """Operator upstreams reach their own host wherever it is, and realms and redirects
+        in their own address classes; API upstreams reach public addresses only."""
+        url = httpx.URL(upstream.url)
+        settings = self._settings
+        operator = upstream.source == "operator"
+
+        async def own_classes() -> frozenset[AddressClass]:
+            return await self.upstream_classes(upstream)
+
+        return EgressScope(
+            key=f"{upstream.source}:{upstream.id}",
+            policy=self.policy,
+            origin=(url.host.lower(), url.port or default_port(url.scheme)),
+            origin_classes=OPERATOR_ORIGIN_CLASSES if operator else PUBLIC_ONLY,
+            elsewhere_classes=PUBLIC_ONLY,
+            max_in_flight=settings.max_in_flight_per_upstream,
+            max_connections=settings.max_connections_per_upstream,
+            hard_deadline_seconds=settings.request_timeout_seconds,
+            own_classes=own_classes if operator else None,
+        )
+
+    async def admit(self, upstream: Upstream, realm: httpx.URL) -> EgressScope:
+        """Check the realm's addresses; returns the scope its connections run under."""
+        scope = await self.scope_for(upstream)
+        port = realm.port or default_port(realm.scheme)
         try:
-            addresses = (
-                [realm.host] if _is_ip(realm.host) else await self._resolve(realm.host, port)
-            )
+            addresses = literal_addresses(realm.host) or await self._resolve(realm.host, port)
         except OSError:
-            return allowed  # unresolvable: the connection attempt reports it as unreachable
-        refused = [a for a in addresses if classify(a) not in allowed]
+            return scope  # unresolvable: the connection attempt reports it as unreachable
+        classes = await scope.classes_for(realm.host, port)
+        refused = [a for a in addresses if not scope.permits(a, classes)]
         if refused:
             raise RealmRefused(
                 "address",
                 f"upstream {upstream.name!r} sent a token realm on {realm.host!r}, which resolves to "
-                f"a {classify(refused[0]).value} address while the upstream is not there; "
+                f"a {classify(refused[0]).value} address this upstream may not reach; "
                 "no credentials were sent",
                 metadata={"upstream_id": upstream.id},
             )
-        return allowed
+        return scope
 
 
-def restrict_connections(
-    allowed: frozenset[AddressClass],
-) -> contextvars.Token[frozenset[AddressClass] | None]:
-    return _ALLOWED.set(allowed)
+def restrict_connections(allowed: frozenset[AddressClass]) -> contextvars.Token[EgressScope]:
+    """Hold the current task's connections to ``allowed`` classes (any host)."""
+    return enter_scope(
+        EgressScope(key="restricted", origin_classes=allowed, elsewhere_classes=allowed)
+    )
 
 
-def lift_restriction(token: contextvars.Token[frozenset[AddressClass] | None]) -> None:
-    _ALLOWED.reset(token)
+def lift_restriction(token: contextvars.Token[EgressScope]) -> None:
+    leave_scope(token)
 
 
 class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Resolves, checks and connects to the checked address when a realm request is active."""
+    """Every connection: resolve, check against the current egress scope, connect to the
+    checked address (never a second DNS answer). Refused: no socket is opened."""
 
     def __init__(
         self, inner: httpcore.AsyncNetworkBackend | None = None, resolve: Resolve = system_resolve
@@ -201,18 +236,16 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        allowed = _ALLOWED.get()
-        if allowed is None:
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        scope = current_scope()
         try:
-            addresses = [host] if _is_ip(host) else await self._resolve(host, port)
+            addresses = literal_addresses(host) or await self._resolve(host, port)
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        permitted = [a for a in addresses if classify(a) in allowed]
+        classes = await scope.classes_for(host, port)
+        permitted = [a for a in addresses if scope.permits(a, classes)]
         if not permitted:
-            raise httpcore.ConnectError(
-                f"{EGRESS_REFUSED}: {host} resolves only to refused addresses"
-            )
+            refusal = scope.refusal(host, port, addresses, classes)
+            raise httpcore.ConnectError(refusal or EGRESS_REFUSED)
         last_error: Exception | None = None
         for address in permitted:
             try:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -32,10 +30,11 @@ from vregistry_server.errors import (
 )
 from vregistry_server.model import Credentials, Upstream
 from vregistry_server.oci.basic import basic_authorization
+from vregistry_server.oci.egress import EgressScope
 from vregistry_server.oci.http import Budget, Response, send
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.ping import AuthDiscovery
-from vregistry_server.oci.realm_policy import AddressGuard, lift_restriction, restrict_connections
+from vregistry_server.oci.realm_policy import AddressGuard, check_realm_host
 from vregistry_server.oci.retry import (
     DEFAULT_RETRY_POLICY,
     RATE_LIMITED,
@@ -133,17 +132,10 @@ class TokenExchanger:
             return token
         raise _refusal_error(upstream, scopes, refusals)
 
-    @asynccontextmanager
-    async def _realm_connections(
-        self, upstream: Upstream, discovery: AuthDiscovery
-    ) -> AsyncIterator[None]:
-        """Check the realm's addresses, and hold every connection (and redirect hop) to them."""
-        allowed = await self._guard.admit(upstream, httpx.URL(discovery.realm))
-        token = restrict_connections(allowed)
-        try:
-            yield
-        finally:
-            lift_restriction(token)
+    async def _realm_scope(self, upstream: Upstream, discovery: AuthDiscovery) -> EgressScope:
+        """Check the realm's addresses; every connection (and redirect hop) runs under the
+        upstream's egress scope, and every hop is re-checked against the realm rule."""
+        return await self._guard.admit(upstream, httpx.URL(discovery.realm))
 
     async def _fetch_get(
         self, upstream: Upstream, discovery: AuthDiscovery, scopes: list[str], budget: Budget
@@ -153,18 +145,20 @@ class TokenExchanger:
         headers = {"Accept": "application/json"}
         if upstream.credentials is not None:
             headers["Authorization"] = basic_authorization(upstream.credentials)
-        async with self._realm_connections(upstream, discovery):
-            response = await self._retry.run(
-                budget,
-                lambda: send(
-                    self._client,
-                    "GET",
-                    discovery.realm,
-                    budget=budget,
-                    headers=headers,
-                    params=params,
-                ),
-            )
+        scope = await self._realm_scope(upstream, discovery)
+        response = await self._retry.run(
+            budget,
+            lambda: send(
+                self._client,
+                "GET",
+                discovery.realm,
+                budget=budget,
+                headers=headers,
+                params=params,
+                scope=scope,
+                redirect_check=lambda target: check_realm_host(upstream, target),
+            ),
+        )
         return _token_from_response("get", upstream, response)
 
     async def _fetch_oauth2(
@@ -206,18 +200,20 @@ class TokenExchanger:
             form["service"] = discovery.service
         if scopes:
             form["scope"] = " ".join(scopes)
-        async with self._realm_connections(upstream, discovery):
-            response = await self._retry.run(
-                budget,
-                lambda: send(
-                    self._client,
-                    "POST",
-                    discovery.realm,
-                    budget=budget,
-                    headers={"Accept": "application/json"},
-                    data=form,
-                ),
-            )
+        scope = await self._realm_scope(upstream, discovery)
+        response = await self._retry.run(
+            budget,
+            lambda: send(
+                self._client,
+                "POST",
+                discovery.realm,
+                budget=budget,
+                headers={"Accept": "application/json"},
+                data=form,
+                scope=scope,
+                redirect_check=lambda target: check_realm_host(upstream, target),
+            ),
+        )
         token = _token_from_response("oauth2", upstream, response)
         if token.refresh_token:
             self._refresh_tokens[refresh_key] = token.refresh_token

@@ -44,13 +44,19 @@ _OUTCOMES = {
 
 
 class RpcObserver(Protocol):
-    """Told about every finished RPC (the runtime counts them in Prometheus)."""
+    """Told about every finished RPC and every credential handed out (the runtime counts
+    them in Prometheus)."""
 
     def rpc(self, method: str, code: str, seconds: float) -> None: ...
+
+    def credentials_disclosed(self, upstream_id: str, scheme: str) -> None: ...
 
 
 class NullRpcObserver:
     def rpc(self, method: str, code: str, seconds: float) -> None:
+        pass
+
+    def credentials_disclosed(self, upstream_id: str, scheme: str) -> None:
         pass
 
 

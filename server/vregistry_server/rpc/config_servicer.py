@@ -2,7 +2,9 @@
 
 Protobuf in, ConfigManager calls, protobuf or a google.rpc.Status out. No
 response is ever built with a username or password: UpstreamConfig carries
-only ``has_credentials``.
+only ``has_credentials``. Every call is checked against the caller's groups
+first (rpc/access.py): a name or parent of another group is PERMISSION_DENIED
+whether it exists or not, and ``groups/-`` lists only the caller's groups.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from vregistry_server.admin.records import (
 )
 from vregistry_server.errors import InvalidArgument
 from vregistry_server.model import Upstream
+from vregistry_server.resolver import ensure_usable
+from vregistry_server.rpc import access
+from vregistry_server.rpc.access import checked
 from vregistry_server.rpc.boundary import NullRpcObserver, RpcObserver, handle, timestamp
 
 log = logging.getLogger(__name__)
@@ -74,8 +79,11 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         record = await self._handle(
             context,
             "CreateUpstream",
-            self._manager.create_upstream(
-                request.parent, request.upstream_id, _upstream_input(request.upstream)
+            checked(
+                lambda: access.require_parent("parent", request.parent),
+                lambda: self._manager.create_upstream(
+                    request.parent, request.upstream_id, _upstream_input(request.upstream)
+                ),
             ),
         )
         return cpb.CreateUpstreamResponse(upstream=upstream_to_pb(record))
@@ -84,7 +92,12 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.GetUpstreamResponse:
         record = await self._handle(
-            context, "GetUpstream", self._manager.get_upstream(request.name)
+            context,
+            "GetUpstream",
+            checked(
+                lambda: access.require_name("name", request.name, "upstreams"),
+                lambda: self._manager.get_upstream(request.name),
+            ),
         )
         return cpb.GetUpstreamResponse(upstream=upstream_to_pb(record))
 
@@ -94,7 +107,12 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         records, token = await self._handle(
             context,
             "ListUpstreams",
-            self._manager.list_upstreams(request.parent, request.page_size, request.page_token),
+            checked(
+                lambda: access.require_parent("parent", request.parent, allow_wildcard=True),
+                lambda: self._manager.list_upstreams(
+                    request.parent, request.page_size, request.page_token, access.may_use
+                ),
+            ),
         )
         return cpb.ListUpstreamsResponse(
             upstreams=[upstream_to_pb(r) for r in records], next_page_token=token
@@ -107,8 +125,11 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         record = await self._handle(
             context,
             "UpdateUpstream",
-            self._manager.update_upstream(
-                given.name, given.etag, list(request.update_mask.paths), _upstream_input(given)
+            checked(
+                lambda: access.require_name("upstream.name", given.name, "upstreams"),
+                lambda: self._manager.update_upstream(
+                    given.name, given.etag, list(request.update_mask.paths), _upstream_input(given)
+                ),
             ),
         )
         return cpb.UpdateUpstreamResponse(upstream=upstream_to_pb(record))
@@ -119,7 +140,10 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         removed = await self._handle(
             context,
             "DeleteUpstream",
-            self._manager.delete_upstream(request.name, request.etag, request.force),
+            checked(
+                lambda: access.require_name("name", request.name, "upstreams"),
+                lambda: self._manager.delete_upstream(request.name, request.etag, request.force),
+            ),
         )
         return cpb.DeleteUpstreamResponse(removed_from=removed)
 
@@ -129,6 +153,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         async def run() -> cpb.TestUpstreamResponse:
             target = request.WhichOneof("target")
             if target == "name":
+                access.require_name("name", request.name, "upstreams")
                 upstream = (await self._manager.get_upstream(request.name)).upstream
             elif target == "upstream":
                 upstream = build_unsaved_upstream(
@@ -136,6 +161,7 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
                 ).upstream
             else:
                 raise InvalidArgument("field 'target': give name or upstream")
+            ensure_usable(upstream)  # unreadable stored credentials: nothing is sent
             result = await check_upstream(self._manager.resolver, upstream, request.path)
             return cpb.TestUpstreamResponse(
                 ok=result.ok,
@@ -162,8 +188,11 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         record = await self._handle(
             context,
             "CreateRegistry",
-            self._manager.create_registry(
-                request.parent, request.registry_id, _registry_input(request.registry)
+            checked(
+                lambda: access.require_parent("parent", request.parent),
+                lambda: self._manager.create_registry(
+                    request.parent, request.registry_id, _registry_input(request.registry)
+                ),
             ),
         )
         return cpb.CreateRegistryResponse(registry=registry_to_pb(record))
@@ -172,7 +201,12 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.GetRegistryResponse:
         record = await self._handle(
-            context, "GetRegistry", self._manager.get_registry(request.name)
+            context,
+            "GetRegistry",
+            checked(
+                lambda: access.require_name("name", request.name, "registries"),
+                lambda: self._manager.get_registry(request.name),
+            ),
         )
         return cpb.GetRegistryResponse(registry=registry_to_pb(record))
 
@@ -182,7 +216,12 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         records, token = await self._handle(
             context,
             "ListRegistries",
-            self._manager.list_registries(request.parent, request.page_size, request.page_token),
+            checked(
+                lambda: access.require_parent("parent", request.parent, allow_wildcard=True),
+                lambda: self._manager.list_registries(
+                    request.parent, request.page_size, request.page_token, access.may_use
+                ),
+            ),
         )
         return cpb.ListRegistriesResponse(
             registries=[registry_to_pb(r) for r in records], next_page_token=token
@@ -195,8 +234,11 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         record = await self._handle(
             context,
             "UpdateRegistry",
-            self._manager.update_registry(
-                given.name, given.etag, list(request.update_mask.paths), _registry_input(given)
+            checked(
+                lambda: access.require_name("registry.name", given.name, "registries"),
+                lambda: self._manager.update_registry(
+                    given.name, given.etag, list(request.update_mask.paths), _registry_input(given)
+                ),
             ),
         )
         return cpb.UpdateRegistryResponse(registry=registry_to_pb(record))
@@ -205,7 +247,12 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> cpb.DeleteRegistryResponse:
         await self._handle(
-            context, "DeleteRegistry", self._manager.delete_registry(request.name, request.etag)
+            context,
+            "DeleteRegistry",
+            checked(
+                lambda: access.require_name("name", request.name, "registries"),
+                lambda: self._manager.delete_registry(request.name, request.etag),
+            ),
         )
         return cpb.DeleteRegistryResponse()
 
@@ -215,8 +262,11 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         record = await self._handle(
             context,
             "AddUpstream",
-            self._manager.add_upstream(
-                request.registry, request.upstream, request.position, request.etag
+            checked(
+                lambda: _require_member(request.registry, [request.upstream]),
+                lambda: self._manager.add_upstream(
+                    request.registry, request.upstream, request.position, request.etag
+                ),
             ),
         )
         return cpb.AddUpstreamResponse(registry=registry_to_pb(record))
@@ -227,7 +277,12 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         record = await self._handle(
             context,
             "RemoveUpstream",
-            self._manager.remove_upstream(request.registry, request.upstream, request.etag),
+            checked(
+                lambda: _require_member(request.registry, [request.upstream]),
+                lambda: self._manager.remove_upstream(
+                    request.registry, request.upstream, request.etag
+                ),
+            ),
         )
         return cpb.RemoveUpstreamResponse(registry=registry_to_pb(record))
 
@@ -238,9 +293,20 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
         record = await self._handle(
             context,
             "ReorderUpstreams",
-            self._manager.reorder_upstreams(request.registry, order, request.etag),
+            checked(
+                lambda: _require_member(request.registry, [name for name, _ in order]),
+                lambda: self._manager.reorder_upstreams(request.registry, order, request.etag),
+            ),
         )
         return cpb.ReorderUpstreamsResponse(registry=registry_to_pb(record))
+
+
+def _require_member(registry: str, upstreams: list[str]) -> None:
+    """A registry and the upstreams a membership change names: all in the caller's groups."""
+    access.require_name("registry", registry, "registries")
+    for index, name in enumerate(upstreams):
+        field_name = "upstream" if len(upstreams) == 1 else f"upstreams[{index}].upstream"
+        access.require_name(field_name, name, "upstreams")
 
 
 # --------------------------------------------------------------------------- conversions
@@ -251,7 +317,9 @@ class ConfigServicer(cpb_grpc.ConfigServiceServicer):  # type: ignore[misc]
 PB_PLAIN_FIELDS: tuple[str, ...] = tuple(
     f.name
     for f in dataclasses.fields(Upstream)
-    if f.name not in {"id", "credentials", "token_flow"}
+    # the group is in the resource name (groups/{group}/upstreams/{id}), like the id;
+    # the source is the service's own record of who wrote the url (oci/egress.py)
+    if f.name not in {"id", "credentials", "token_flow", "group", "source"}
 )
 
 
@@ -264,6 +332,7 @@ def _upstream_input(message: Any) -> UpstreamInput:
         for name in PB_PLAIN_FIELDS
     }
     values["realm_allow_hosts"] = tuple(message.realm_allow_hosts)
+    values["allowed_actions"] = tuple(message.allowed_actions)
     if not message.HasField("cache_validity_hours"):
         values["cache_validity_hours"] = None
     return UpstreamInput(
@@ -284,6 +353,7 @@ def upstream_to_pb(record: UpstreamRecord) -> cpb.UpstreamConfig:
             REQUEST_FIELD_NAMES.get(name, name): getattr(upstream, name) for name in PB_PLAIN_FIELDS
         },
         has_credentials=upstream.credentials is not None,
+        credentials_unreadable=bool(upstream.credentials and upstream.credentials.unreadable),
         token_flow=_FLOW_TO_PB[upstream.token_flow],
         etag=record.etag,
         create_time=timestamp(record.create_time),

@@ -3,18 +3,27 @@
 Protobuf in, plain Python calls, protobuf out; no registry logic lives here, and
 every failure is mapped by rpc/boundary.py (a google.rpc.Status with an
 ErrorInfo and, for a failed ResolveUpstream, every attempt).
+
+Every call first checks that the upstream or registry is in the caller's
+groups (rpc/access.py), and every Authorization handed out (a Basic header is
+the stored password itself, a bearer token is minted with it) is an audit line
+on ``vregistry.audit`` and a count in the observer: caller, group, upstream,
+scheme; never the value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import grpc
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
+from vregistry_server.model import Scheme, Upstream
 from vregistry_server.resolver import Resolver
+from vregistry_server.rpc import access
 from vregistry_server.rpc.boundary import (
     NullRpcObserver,
     RpcObserver,
@@ -22,8 +31,10 @@ from vregistry_server.rpc.boundary import (
     handle,
     timestamp,
 )
+from vregistry_server.rpc.interceptors import current_caller
 
 T = TypeVar("T")
+audit = logging.getLogger("vregistry.audit")
 
 
 class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
@@ -40,7 +51,12 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         self, request: pb.UrlForRequest, context: grpc.aio.ServicerContext
     ) -> pb.UrlForResponse:
         url = await self._handle(
-            context, "UrlFor", _async(self._resolver.url_for, request.upstream_id, request.path)
+            context,
+            "UrlFor",
+            access.checked(
+                lambda: self._require_upstream(request.upstream_id),
+                lambda: _async(self._resolver.url_for, request.upstream_id, request.path),
+            ),
         )
         return pb.UrlForResponse(url=url)
 
@@ -50,13 +66,20 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         result = await self._handle(
             context,
             "GetAuthHeaders",
-            self._resolver.get_auth_headers(
-                request.upstream_id,
-                request.path,
-                list(request.actions),
-                caller_remaining=context.time_remaining(),
+            access.checked(
+                lambda: self._require_upstream(request.upstream_id),
+                lambda: self._resolver.get_auth_headers(
+                    request.upstream_id,
+                    request.path,
+                    list(request.actions),
+                    caller_remaining=context.time_remaining(),
+                ),
+                # An id deleted and created in another group during the call: not handed out.
+                lambda _: self._require_upstream(request.upstream_id),
             ),
         )
+        upstream = self._resolver.config.upstreams.get(request.upstream_id)
+        self._disclosed("GetAuthHeaders", upstream, request.upstream_id, result.scheme)
         response = pb.GetAuthHeadersResponse(
             headers=result.headers, cache_hit=result.cache_hit, scheme=result.scheme.value
         )
@@ -70,12 +93,21 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         resolution = await self._handle(
             context,
             "ResolveUpstream",
-            self._resolver.resolve_upstream(
-                request.registry_id, request.path, caller_remaining=context.time_remaining()
+            access.checked(
+                lambda: access.require_id(
+                    "registry", request.registry_id, self._resolver.config.registries
+                ),
+                lambda: self._resolver.resolve_upstream(
+                    request.registry_id, request.path, caller_remaining=context.time_remaining()
+                ),
+                lambda found: access.require_group(
+                    "registry", request.registry_id, found.hit.member.upstream.group
+                ),
             ),
         )
         hit = resolution.hit
         upstream = hit.member.upstream
+        self._disclosed("ResolveUpstream", upstream, upstream.id, _scheme_of(hit.headers))
         return pb.ResolveUpstreamResponse(
             upstream=pb.Upstream(
                 id=upstream.id,
@@ -91,6 +123,36 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
             size=hit.size,
             attempts=attempts_to_pb(resolution.attempts),
         )
+
+    def _require_upstream(self, upstream_id: str) -> None:
+        access.require_id("upstream", upstream_id, self._resolver.config.upstreams)
+
+    def _disclosed(
+        self, method: str, upstream: Upstream | None, upstream_id: str, scheme: Scheme
+    ) -> None:
+        if scheme is Scheme.NONE:
+            return
+        caller = current_caller()
+        audit.info(
+            "credentials disclosed",
+            extra={
+                "audit": "credentials_disclosed",
+                "method": method,
+                "caller": caller.name,
+                "group": upstream.group if upstream is not None else "",
+                "upstream_id": upstream_id,
+                "scheme": scheme.value,
+            },
+        )
+        self._observer.credentials_disclosed(upstream_id, scheme.value)
+
+
+def _scheme_of(headers: Mapping[str, str]) -> Scheme:
+    for key, value in headers.items():
+        if key.lower() == "authorization":
+            kind = value.split(" ", 1)[0].lower()
+            return Scheme.BASIC if kind == "basic" else Scheme.BEARER
+    return Scheme.NONE
 
 
 async def _async(function: Callable[..., T], *args: object) -> T:

@@ -10,9 +10,11 @@ ConfigService, no caller tokens, plaintext gRPC. ``--data-dir`` (or
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from vregistry_server.rpc.config_servicer import ConfigServicer
 from vregistry_server.rpc.interceptors import CallerAuthInterceptor
 from vregistry_server.runtime.metrics import PROMETHEUS
 from vregistry_server.runtime.tls import TlsError, server_credentials
+from vregistry_server.runtime.workers import split_listen
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ class AdminOptions:
     credentials: Any = None
     tls_mode: str = "off"  # off | tls | mtls
     seed: bool = False
+    # The operator's explicit choice to run without caller authentication where the
+    # server would otherwise refuse to start (see open_exposures).
+    allow_unauthenticated: bool = False
 
 
 @dataclass
@@ -123,6 +129,14 @@ def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> No
         help="hashed caller tokens with roles (env VREGISTRY_CALLERS_FILE); default: no caller auth",
     )
     group.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=env.get("VREGISTRY_ALLOW_UNAUTHENTICATED", "").lower() == "true",
+        help="start without caller authentication even with ConfigService on or on a "
+        "non-loopback address (env VREGISTRY_ALLOW_UNAUTHENTICATED=true); anyone who reaches "
+        "the port can then read credentials' headers and change the configuration",
+    )
+    group.add_argument(
         "--tls-cert", default=env.get("VREGISTRY_TLS_CERT"), help="PEM server certificate"
     )
     group.add_argument("--tls-key", default=env.get("VREGISTRY_TLS_KEY"), help="PEM server key")
@@ -161,6 +175,12 @@ def options_from_args(
             callers = Callers.load(args.callers_file)
         except CallersError as exc:
             raise AdminSetupError(str(exc)) from None
+        if callers.has_identities and not args.tls_client_ca:
+            # An id: line can only match a certificate the TLS layer verified.
+            raise AdminSetupError(
+                f"{args.callers_file}: 'id:' lines name client certificates; they need"
+                " --tls-client-ca (with --tls-cert and --tls-key)"
+            )
     credentials = None
     tls_mode = "off"
     if args.tls_cert or args.tls_key:
@@ -182,7 +202,82 @@ def options_from_args(
         credentials=credentials,
         tls_mode=tls_mode,
         seed=bool(getattr(args, "config", None)),
+        allow_unauthenticated=bool(getattr(args, "allow_unauthenticated", False)),
     )
+
+
+# --------------------------------------------------------------------------- fail closed
+
+# How often the warning of an unauthenticated server is repeated in the log.
+UNAUTHENTICATED_WARNING_SECONDS = 3600.0
+
+
+def open_exposures(options: AdminOptions, listen: str) -> list[str]:
+    """What anyone reaching the port could do without caller authentication (empty: nothing
+    beyond a loopback-only, read-only service, or callers are authenticated)."""
+    if options.callers is not None:
+        return []
+    exposures = []
+    if options.store is not None:
+        exposures.append(f"ConfigService is on (--store {options.store})")
+    if not is_loopback_listen(listen):
+        exposures.append(f"the server listens on {listen}, not a loopback address")
+    return exposures
+
+
+def check_fail_closed(options: AdminOptions, listen: str) -> list[str]:
+    """Refuse an open server unless the operator opted out; the exposures accepted.
+
+    Checked before any port is bound: an unauthenticated ConfigService, or an
+    UpstreamService reachable from the network, hands stored credentials (as Basic
+    headers and tokens) and the configuration to whoever connects.
+    """
+    exposures = open_exposures(options, listen)
+    if exposures and not options.allow_unauthenticated:
+        raise AdminSetupError(
+            "refusing to start without caller authentication: "
+            + " and ".join(exposures)
+            + ". Add --callers-file FILE (env VREGISTRY_CALLERS_FILE): hashed caller tokens or "
+            "mTLS identities with roles and groups, one line each (python -m "
+            "vregistry_server.admin.callers new NAME ROLES GROUPS prints one); or listen on "
+            "127.0.0.1 without ConfigService; or, to run open on purpose, add "
+            "--allow-unauthenticated (env VREGISTRY_ALLOW_UNAUTHENTICATED=true)"
+        )
+    return exposures
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """True for HOST:PORT on a loopback address (127.0.0.0/8, ::1, localhost); anything
+    else, a host name or a wildcard like 0.0.0.0 and [::], may be reachable from outside."""
+    try:
+        host, _ = split_listen(listen)
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_unauthenticated(exposures: Sequence[str]) -> None:
+    log.warning(
+        "caller authentication is off (--allow-unauthenticated): anyone who reaches the port "
+        "can get upstream credentials' headers and tokens"
+        + (" and change the configuration" if any("ConfigService" in e for e in exposures) else "")
+        + "; add --callers-file",
+        extra={"exposures": "; ".join(exposures)},
+    )
+
+
+async def keep_warning_unauthenticated(
+    exposures: Sequence[str], interval: float = UNAUTHENTICATED_WARNING_SECONDS
+) -> None:
+    """Repeat the warning while the server runs, so it is not lost in a long log."""
+    while True:
+        await asyncio.sleep(interval)
+        warn_unauthenticated(exposures)
 
 
 def _generated_keyring(data_dir: Path) -> Keyring:

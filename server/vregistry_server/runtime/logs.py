@@ -16,7 +16,8 @@ from typing import Any
 
 _SECRET_NAMES = r"(?:password|passwd|secret|client_secret|token|access_token|refresh_token)"
 _SECRET_PATTERNS = (
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"),
+    # A scheme and what may be its credentials; _credential_value decides (not a word).
+    re.compile(r"(?i)\b(bearer|basic)\s+([A-Za-z0-9._~+/-]{6,}=*)"),
     re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
     # form and query style: token=abc
     re.compile(rf"(?i)\b({_SECRET_NAMES}=)[^\s&\"',;]+"),
@@ -28,8 +29,26 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+_AUTH_PARAM = re.compile(r"[a-z_]+=")  # service="x" in a challenge: a name, not a value
+
+
+def _credential_value(match: re.Match[str]) -> bool:
+    """Whether the word after "Bearer"/"Basic" looks like a credential rather than prose.
+
+    Tokens and base64 carry digits or symbols, or are long; "Basic authentication
+    failed", "bearer tokens" and a challenge's ``service="..."`` stay readable.
+    """
+    value = match.group(2)
+    if _AUTH_PARAM.fullmatch(value):
+        return False
+    bare = value.rstrip(".")
+    return len(bare) >= 20 or any(c.isdigit() or c in "+/_~-=." for c in bare)
+
+
 def redact(text: str) -> str:
-    text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)} [REDACTED]", text)
+    text = _SECRET_PATTERNS[0].sub(
+        lambda m: f"{m.group(1)} [REDACTED]" if _credential_value(m) else m.group(0), text
+    )
     text = _SECRET_PATTERNS[1].sub("[REDACTED-JWT]", text)
     text = _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
     return _SECRET_PATTERNS[3].sub(lambda m: f"{m.group(1)}[REDACTED]", text)

@@ -77,8 +77,12 @@ async def start_server(
     """Build and start the server; ``listen`` may use port 0 for a free port.
 
     ``admin`` (see runtime/admin_setup.py) adds ConfigService, the caller-auth
-    interceptor and TLS credentials; without it the server is plaintext and open.
+    interceptor and TLS credentials; without it the server is plaintext and open, which
+    is refused on a non-loopback ``listen`` (admin_setup.check_fail_closed, before binding).
     """
+    admin_setup.check_fail_closed(
+        admin.options if admin is not None else admin_setup.AdminOptions(), listen
+    )
     resolver = resolver or Resolver(config, observer=PROMETHEUS)
     server = grpc.aio.server(
         interceptors=admin.interceptors if admin is not None else None,
@@ -154,14 +158,30 @@ async def serve(
     # as the process: move it out of the collector's way, so full collections stay cheap.
     gc.collect()
     gc.freeze()
+    nagging = _warn_if_unauthenticated(admin_options, listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    if nagging is not None:
+        nagging.cancel()
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await running.stop(settings.shutdown_grace_seconds)
     log.info("stopped")
+
+
+def _warn_if_unauthenticated(
+    options: admin_setup.AdminOptions | None, listen: str
+) -> asyncio.Task[None] | None:
+    """With --allow-unauthenticated where it matters: a warning now and every hour."""
+    exposures = admin_setup.open_exposures(options or admin_setup.AdminOptions(), listen)
+    if not exposures:
+        return None
+    admin_setup.warn_unauthenticated(exposures)
+    return asyncio.create_task(
+        admin_setup.keep_warning_unauthenticated(exposures), name="unauthenticated-warning"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -262,6 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(shared by all workers), or --workers 1",
             file=sys.stderr,
         )
+        return 2
+    try:
+        # Before any port is bound or any worker forked.
+        admin_setup.check_fail_closed(admin_options, config.settings.listen)
+    except admin_setup.AdminSetupError as exc:
+        print(f"vregistry-server: {exc}", file=sys.stderr)
         return 2
     if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         print("vregistry-server: --loop uvloop needs the uvloop package", file=sys.stderr)

@@ -27,6 +27,13 @@ RPC_REQUESTS = Counter(
     ["method", "code"],
     registry=REGISTRY,
 )
+CREDENTIALS_DISCLOSED = Counter(
+    "vregistry_credentials_disclosed_total",
+    "Authorization headers handed to callers: a long-lived credential (basic) or a token"
+    " (bearer), by upstream and scheme.",
+    ["upstream", "scheme"],
+    registry=REGISTRY,
+)
 RPC_DURATION = Histogram(
     "vregistry_rpc_duration_seconds",
     "gRPC request latency, by method and status code.",
@@ -96,6 +103,9 @@ class PrometheusObserver(Observer):
         requests, duration = rpc_children(method, code)
         requests.inc()
         duration.observe(seconds)
+
+    def credentials_disclosed(self, upstream_id: str, scheme: str) -> None:
+        CREDENTIALS_DISCLOSED.labels(upstream_id, scheme).inc()
 
     def ping(self, upstream_id: str, outcome: str) -> None:
         PINGS.labels(upstream_id, outcome).inc()

@@ -27,11 +27,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vregistry_server.admin.crypto import Keyring
 from vregistry_server.admin.records import (
+    RecordCache,
+    ResealOutcome,
     State,
-    registry_from_doc,
+    check_resealed,
     registry_to_doc,
-    sealed_needs_rotation,
-    upstream_from_doc,
+    reseal_doc,
+    state_from_docs,
     upstream_to_doc,
 )
 from vregistry_server.admin.stores.base import Changes, Conflict
@@ -64,6 +66,7 @@ class RedisStore:
         port = self._redis.connection_pool.connection_kwargs.get("port", "?")
         self.location = f"redis://{host}:{port}"
         self._keyring = keyring
+        self._records = RecordCache()
         self._pubsub: Any = None
         self._last_full_reload = time.monotonic()
 
@@ -92,15 +95,15 @@ class RedisStore:
                 generation, upstream_docs, registry_docs = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"cannot read the Redis store: {type(exc).__name__}") from None
-        upstreams = {}
-        for raw in upstream_docs.values():
-            record = upstream_from_doc(json.loads(raw), self._keyring)
-            upstreams[record.id] = record
-        registries = {}
-        for raw in registry_docs.values():
-            registry = registry_from_doc(json.loads(raw))
-            registries[registry.id] = registry
-        return State(int(generation or 0), upstreams, registries)
+        # In a worker thread: opening credentials may derive fingerprints (PBKDF2).
+        return await asyncio.to_thread(
+            state_from_docs,
+            int(generation or 0),
+            upstream_docs.values(),
+            registry_docs.values(),
+            self._keyring,
+            self._records,
+        )
 
     async def commit(self, expected_generation: int, changes: Changes) -> int:
         upstream_docs = {
@@ -172,13 +175,13 @@ class RedisStore:
                     await pipe.watch(UPSTREAMS)
                     docs = await pipe.hgetall(UPSTREAMS)
                     fresh: dict[str, str] = {}
+                    outcomes: dict[str, ResealOutcome] = {}
                     for key, raw in docs.items():
-                        doc = json.loads(raw)
-                        if sealed_needs_rotation(doc, keyring):
-                            record = upstream_from_doc(doc, keyring)
-                            fresh[key.decode() if isinstance(key, bytes) else str(key)] = (
-                                json.dumps(upstream_to_doc(record, keyring))
-                            )
+                        upstream_id = key.decode() if isinstance(key, bytes) else str(key)
+                        outcomes[upstream_id], doc = reseal_doc(json.loads(raw), keyring)
+                        if outcomes[upstream_id] == "resealed":
+                            fresh[upstream_id] = json.dumps(doc)
+                    check_resealed(outcomes, self.location)
                     if not fresh:
                         return 0
                     pipe.multi()  # type: ignore[no-untyped-call]

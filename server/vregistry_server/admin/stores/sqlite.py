@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 
 from vregistry_server.admin.crypto import Keyring
 from vregistry_server.admin.records import (
+    RecordCache,
+    ResealOutcome,
     State,
-    registry_from_doc,
+    check_resealed,
     registry_to_doc,
-    sealed_needs_rotation,
-    upstream_from_doc,
+    reseal_doc,
+    state_from_docs,
     upstream_to_doc,
 )
 from vregistry_server.admin.stores.base import Changes, Conflict
@@ -57,6 +59,7 @@ class SqliteStore:
         self.path = Path(data_dir) / DB_FILE
         self.location = str(self.path)
         self._keyring = keyring
+        self._records = RecordCache()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -88,7 +91,7 @@ class SqliteStore:
         await self._run(_migrate)
 
     async def load(self) -> State:
-        def read(connection: sqlite3.Connection) -> tuple[int, list[str], list[str]]:
+        def read(connection: sqlite3.Connection) -> State:
             connection.execute("BEGIN")
             try:
                 generation = _generation(connection)
@@ -96,18 +99,10 @@ class SqliteStore:
                 registries = [r[0] for r in connection.execute("SELECT doc FROM registries")]
             finally:
                 connection.execute("COMMIT")
-            return generation, upstreams, registries
+            # Still in the worker thread: opening credentials may derive fingerprints.
+            return state_from_docs(generation, upstreams, registries, self._keyring, self._records)
 
-        generation, upstream_docs, registry_docs = await self._run(read)
-        upstreams = {}
-        for raw in upstream_docs:
-            record = upstream_from_doc(json.loads(raw), self._keyring)
-            upstreams[record.id] = record
-        registries = {}
-        for raw in registry_docs:
-            registry = registry_from_doc(json.loads(raw))
-            registries[registry.id] = registry
-        return State(generation, upstreams, registries)
+        return await self._run(read)
 
     async def commit(self, expected_generation: int, changes: Changes) -> int:
         upstream_rows = [
@@ -170,16 +165,18 @@ class SqliteStore:
             count = 0
             try:
                 rows = list(connection.execute("SELECT id, doc FROM upstreams"))
+                outcomes: dict[str, ResealOutcome] = {}
                 for upstream_id, raw in rows:
                     doc: dict[str, Any] = json.loads(raw)
-                    if not sealed_needs_rotation(doc, keyring):
+                    outcomes[upstream_id], fresh = reseal_doc(doc, keyring)
+                    if outcomes[upstream_id] != "resealed":
                         continue
-                    record = upstream_from_doc(doc, keyring)
-                    fresh = json.dumps(upstream_to_doc(record, keyring))
                     connection.execute(
-                        "UPDATE upstreams SET doc = ? WHERE id = ?", (fresh, upstream_id)
+                        "UPDATE upstreams SET doc = ? WHERE id = ?",
+                        (json.dumps(fresh), upstream_id),
                     )
                     count += 1
+                check_resealed(outcomes, self.location)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise

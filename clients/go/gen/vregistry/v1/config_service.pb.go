@@ -238,8 +238,18 @@ type UpstreamConfig struct {
 	// no scheme, port or path; at most 32. Empty: only the upstream's own host
 	// and registrable domain may receive its credentials.
 	RealmAllowHosts []string `protobuf:"bytes,15,rep,name=realm_allow_hosts,json=realmAllowHosts,proto3" json:"realm_allow_hosts,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The token actions callers may ask GetAuthHeaders for with this upstream's
+	// credentials: each one of "pull", "push", "delete" or "*" (every action).
+	// Empty on create or in an update: ["pull"]. Any other requested action is
+	// PERMISSION_DENIED (ErrorReason.ACTION_NOT_ALLOWED), before any network call.
+	AllowedActions []string `protobuf:"bytes,16,rep,name=allowed_actions,json=allowedActions,proto3" json:"allowed_actions,omitempty"`
+	// Output only: the stored credentials do not open for this record (it was
+	// changed in the store without the key, or sealed for another url or group);
+	// has_credentials stays true and the upstream is unusable
+	// (ErrorReason.CREDENTIALS_UNREADABLE) until new credentials are set.
+	CredentialsUnreadable bool `protobuf:"varint,17,opt,name=credentials_unreadable,json=credentialsUnreadable,proto3" json:"credentials_unreadable,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *UpstreamConfig) Reset() {
@@ -375,6 +385,20 @@ func (x *UpstreamConfig) GetRealmAllowHosts() []string {
 		return x.RealmAllowHosts
 	}
 	return nil
+}
+
+func (x *UpstreamConfig) GetAllowedActions() []string {
+	if x != nil {
+		return x.AllowedActions
+	}
+	return nil
+}
+
+func (x *UpstreamConfig) GetCredentialsUnreadable() bool {
+	if x != nil {
+		return x.CredentialsUnreadable
+	}
+	return false
 }
 
 // RegistryMember is one upstream's place in a registry.
@@ -2177,7 +2201,7 @@ var File_vregistry_v1_config_service_proto protoreflect.FileDescriptor
 
 const file_vregistry_v1_config_service_proto_rawDesc = "" +
 	"\n" +
-	"!vregistry/v1/config_service.proto\x12\fvregistry.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x04\n" +
+	"!vregistry/v1/config_service.proto\x12\fvregistry.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x05\n" +
 	"\x0eUpstreamConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x10\n" +
@@ -2198,7 +2222,9 @@ const file_vregistry_v1_config_service_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12*\n" +
-	"\x11realm_allow_hosts\x18\x0f \x03(\tR\x0frealmAllowHostsB\x17\n" +
+	"\x11realm_allow_hosts\x18\x0f \x03(\tR\x0frealmAllowHosts\x12'\n" +
+	"\x0fallowed_actions\x18\x10 \x03(\tR\x0eallowedActions\x125\n" +
+	"\x16credentials_unreadable\x18\x11 \x01(\bR\x15credentialsUnreadableB\x17\n" +
 	"\x15_cache_validity_hours\"H\n" +
 	"\x0eRegistryMember\x12\x1a\n" +
 	"\bupstream\x18\x01 \x01(\tR\bupstream\x12\x1a\n" +

@@ -130,6 +130,8 @@ class UpstreamConfig(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REALM_ALLOW_HOSTS_FIELD_NUMBER: _builtins.int
+    ALLOWED_ACTIONS_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_UNREADABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "groups/{group}/upstreams/{upstream}"; output only
     (the group and id come from the create request).
@@ -166,6 +168,12 @@ class UpstreamConfig(_message.Message):
     """Output only: changes on every write; send it back to make a write
     conditional (ABORTED when it no longer matches).
     """
+    credentials_unreadable: _builtins.bool
+    """Output only: the stored credentials do not open for this record (it was
+    changed in the store without the key, or sealed for another url or group);
+    has_credentials stays true and the upstream is unusable
+    (ErrorReason.CREDENTIALS_UNREADABLE) until new credentials are set.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when the upstream was created."""
@@ -181,6 +189,14 @@ class UpstreamConfig(_message.Message):
         "auth.example.com", or "*.example.com" for any host below example.com;
         no scheme, port or path; at most 32. Empty: only the upstream's own host
         and registrable domain may receive its credentials.
+        """
+
+    @_builtins.property
+    def allowed_actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token actions callers may ask GetAuthHeaders for with this upstream's
+        credentials: each one of "pull", "push", "delete" or "*" (every action).
+        Empty on create or in an update: ["pull"]. Any other requested action is
+        PERMISSION_DENIED (ErrorReason.ACTION_NOT_ALLOWED), before any network call.
         """
 
     def __init__(
@@ -201,10 +217,12 @@ class UpstreamConfig(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         realm_allow_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_actions: _abc.Iterable[_builtins.str] | None = ...,
+        credentials_unreadable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_validity_hours", b"_cache_validity_hours", "cache_validity_hours", b"cache_validity_hours", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_validity_hours", b"_cache_validity_hours", "allow_http", b"allow_http", "cache_validity_hours", b"cache_validity_hours", "client_id", b"client_id", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "has_credentials", b"has_credentials", "name", b"name", "password", b"password", "realm_allow_hosts", b"realm_allow_hosts", "token_flow", b"token_flow", "update_time", b"update_time", "url", b"url", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_validity_hours", b"_cache_validity_hours", "allow_http", b"allow_http", "allowed_actions", b"allowed_actions", "cache_validity_hours", b"cache_validity_hours", "client_id", b"client_id", "create_time", b"create_time", "credentials_unreadable", b"credentials_unreadable", "description", b"description", "display_name", b"display_name", "etag", b"etag", "has_credentials", b"has_credentials", "name", b"name", "password", b"password", "realm_allow_hosts", b"realm_allow_hosts", "token_flow", b"token_flow", "update_time", b"update_time", "url", b"url", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cache_validity_hours: _TypeAlias = _typing.Literal["cache_validity_hours"]  # noqa: Y015
     _WhichOneofArgType__cache_validity_hours: _TypeAlias = _typing.Literal["_cache_validity_hours", b"_cache_validity_hours"]  # noqa: Y015

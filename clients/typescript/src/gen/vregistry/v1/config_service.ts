@@ -240,6 +240,20 @@ export interface UpstreamConfig {
    * and registrable domain may receive its credentials.
    */
   realmAllowHosts: string[];
+  /**
+   * The token actions callers may ask GetAuthHeaders for with this upstream's
+   * credentials: each one of "pull", "push", "delete" or "*" (every action).
+   * Empty on create or in an update: ["pull"]. Any other requested action is
+   * PERMISSION_DENIED (ErrorReason.ACTION_NOT_ALLOWED), before any network call.
+   */
+  allowedActions: string[];
+  /**
+   * Output only: the stored credentials do not open for this record (it was
+   * changed in the store without the key, or sealed for another url or group);
+   * has_credentials stays true and the upstream is unusable
+   * (ErrorReason.CREDENTIALS_UNREADABLE) until new credentials are set.
+   */
+  credentialsUnreadable: boolean;
 }
 
 /** RegistryMember is one upstream's place in a registry. */
@@ -559,6 +573,8 @@ function createBaseUpstreamConfig(): UpstreamConfig {
     createTime: undefined,
     updateTime: undefined,
     realmAllowHosts: [],
+    allowedActions: [],
+    credentialsUnreadable: false,
   };
 }
 
@@ -608,6 +624,12 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
     }
     for (const v of message.realmAllowHosts) {
       writer.uint32(122).string(v!);
+    }
+    for (const v of message.allowedActions) {
+      writer.uint32(130).string(v!);
+    }
+    if (message.credentialsUnreadable !== false) {
+      writer.uint32(136).bool(message.credentialsUnreadable);
     }
     return writer;
   },
@@ -745,6 +767,22 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
             message.realmAllowHosts.push(reader.string());
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.allowedActions.push(reader.string());
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.credentialsUnreadable = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -810,6 +848,16 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
         : globalThis.Array.isArray(object?.realm_allow_hosts)
         ? object.realm_allow_hosts.map((e: any) => globalThis.String(e))
         : [],
+      allowedActions: globalThis.Array.isArray(object?.allowedActions)
+        ? object.allowedActions.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.allowed_actions)
+        ? object.allowed_actions.map((e: any) => globalThis.String(e))
+        : [],
+      credentialsUnreadable: isSet(object.credentialsUnreadable)
+        ? globalThis.Boolean(object.credentialsUnreadable)
+        : isSet(object.credentials_unreadable)
+        ? globalThis.Boolean(object.credentials_unreadable)
+        : false,
     };
   },
 
@@ -860,6 +908,12 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
     if (message.realmAllowHosts?.length) {
       obj.realmAllowHosts = message.realmAllowHosts;
     }
+    if (message.allowedActions?.length) {
+      obj.allowedActions = message.allowedActions;
+    }
+    if (message.credentialsUnreadable !== false) {
+      obj.credentialsUnreadable = message.credentialsUnreadable;
+    }
     return obj;
   },
 
@@ -883,6 +937,8 @@ export const UpstreamConfig: MessageFns<UpstreamConfig> = {
     message.createTime = object.createTime ?? undefined;
     message.updateTime = object.updateTime ?? undefined;
     message.realmAllowHosts = object.realmAllowHosts?.map((e) => e) || [];
+    message.allowedActions = object.allowedActions?.map((e) => e) || [];
+    message.credentialsUnreadable = object.credentialsUnreadable ?? false;
     return message;
   },
 };
