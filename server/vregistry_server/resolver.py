@@ -28,7 +28,7 @@ from vregistry_server.errors import (
     VRegistryError,
 )
 from vregistry_server.model import AuthHeaders, Config, Registry, Resolution, Settings, Upstream
-from vregistry_server.oci.auth import Authenticator
+from vregistry_server.oci.auth import Authenticator, auth_identity
 from vregistry_server.oci.http import Budget, make_client
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import (
@@ -261,15 +261,5 @@ def _changed_upstreams(old: Mapping[str, Upstream], new: Mapping[str, Upstream])
 
 
 def _auth_identity(upstream: Upstream | None) -> tuple[object, ...] | None:
-    """What an upstream's discovered challenge and tokens depend on."""
-    if upstream is None:
-        return None
-    return (
-        upstream.url,
-        upstream.credentials,
-        upstream.allow_http,
-        upstream.token_flow,
-        upstream.client_id,
-        upstream.realm_allow_hosts,
-        upstream.source,  # what its connections may reach (oci/egress.py)
-    )
+    """What an upstream's discovered challenge and tokens depend on (one definition, in oci)."""
+    return None if upstream is None else auth_identity(upstream)
