@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: serve test lint lint-imports lint-clients lint-protos clients typecheck pytest protos system-deps clean
-.PHONY: bench soak leak bench-deps bench-reload
+.PHONY: bench soak leak bench-deps bench-reload bench-tarpit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,11 @@ soak: bench-deps
 # minutes: every fingerprint is a PBKDF2 derivation); exit 1 above 50 ms. RELOAD_ARGS="--upstreams 500".
 bench-reload: protos
 	$(PY) -m benchmarks.reload_blocking $(RELOAD_ARGS)
+
+# A tarpit upstream holding 20 calls vs a second upstream's ResolveUpstream p50/p99 (real
+# docker-registry; about 20 s); exit 1 when p99 exceeds 2x its no-tarpit baseline. TARPIT_ARGS="--rounds 1".
+bench-tarpit: protos system-deps
+	$(PY) -m benchmarks.tarpit $(TARPIT_ARGS)
 
 # RSS after 100,000 and after 1,000,000 hot-path calls (within 10 %, or exit 1); about 6 minutes.
 leak: bench-deps

@@ -40,6 +40,7 @@ from vregistry_server.oci.paths import (
 )
 from vregistry_server.oci.probe import Prober
 from vregistry_server.oci.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
+from vregistry_server.rules import FieldError, check_id
 
 MAX_ID_LENGTH = 256
 MAX_ACTIONS = 8
@@ -243,6 +244,12 @@ def _check_id(field_name: str, value: str) -> None:
         raise InvalidArgument(f"{field_name} is required")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{field_name} is longer than {MAX_ID_LENGTH} characters")
+    # No configured id breaks the id rule (config.py and the admin API check it), so a
+    # malformed one is a bad request, answered alike whoever asks and before any lookup.
+    try:
+        check_id(field_name, value)
+    except FieldError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _parse(path: str, parser: Callable[[str], RegistryPath]) -> RegistryPath:
