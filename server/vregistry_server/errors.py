@@ -25,6 +25,7 @@ credential or a token.
     │   ├── LimitReached .............. FAILED_PRECONDITION LIMIT_REACHED
     │   ├── CredentialsUnreadable ..... FAILED_PRECONDITION CREDENTIALS_UNREADABLE
     │   ├── EgressRefused ............. FAILED_PRECONDITION EGRESS_REFUSED
+    │   │   └── UpstreamsEgressRefused* (same code and reason)
     │   └── CredentialsRejected ....... FAILED_PRECONDITION UPSTREAM_CREDENTIALS_REJECTED
     │       ├── RealmRefused .......... FAILED_PRECONDITION UPSTREAM_REALM_REFUSED
     │       └── UpstreamsRefusedCredentials* (same code and reason)
@@ -269,6 +270,10 @@ class UpstreamsUnavailable(ResolveFailed, UpstreamUnreachable):
 
 class UpstreamsRefusedCredentials(ResolveFailed, CredentialsRejected):
     """Nothing served the path and some upstreams refused the credentials."""
+
+
+class UpstreamsEgressRefused(ResolveFailed, EgressRefused):
+    """The egress policy refused every upstream of the registry; none was contacted."""
 
 
 class ResolveDeadlineExceeded(ResolveFailed, DeadlineExceeded):

@@ -196,6 +196,7 @@ class Attempt:
     latency_ms: float = 0.0
     message: str = ""
     retry_after_seconds: int = 0
+    reason: str = ""  # the error reason (errors.py) that failed the attempt, if one did
 
 
 @dataclass(frozen=True, slots=True)

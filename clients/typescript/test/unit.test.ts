@@ -66,6 +66,7 @@ const attempt = (upstreamId: string, position: number, outcome: AttemptOutcome) 
   position,
   message: "",
   retryAfterSeconds: 0,
+  reason: "",
 });
 
 describe("VRegistryClient against a stand-in server", () => {

@@ -30,6 +30,7 @@ from vregistry_server.errors import (
     ResolveFailed,
     UpstreamProtocolError,
     UpstreamRateLimited,
+    UpstreamsEgressRefused,
     UpstreamsRefusedCredentials,
     UpstreamsUnavailable,
     VRegistryError,
@@ -151,17 +152,21 @@ class Prober:
             hit = await self._probe(member, path, probe_budget, attempt)
         except UpstreamRateLimited as exc:  # its /v2/ or its token server answered 429
             attempt.outcome, attempt.message = Outcome.RATE_LIMITED, exc.message
+            attempt.reason = exc.reason
             attempt.http_status = exc.http_status
             attempt.retry_after_seconds = exc.retry_after_seconds
         except CredentialsRejected as exc:
             attempt.outcome, attempt.message = Outcome.AUTH_FAILED, exc.message
+            attempt.reason = exc.reason
         except EgressRefused as exc:
             # Never contacted: no status and no latency of the refused target are reported.
             attempt.outcome, attempt.message = Outcome.UNAVAILABLE, exc.message
+            attempt.reason = exc.reason
             attempt.http_status = 0
             refused = True
         except VRegistryError as exc:
             attempt.outcome, attempt.message = Outcome.UNAVAILABLE, exc.message
+            attempt.reason = exc.reason
         except TimeoutError:
             attempt.outcome, attempt.message = Outcome.UNAVAILABLE, "timed out"
         except BaseException:
@@ -404,6 +409,14 @@ def _failure(registry: Registry, path: RegistryPath, attempts: Sequence[Attempt]
     )
     metadata = {"registry_id": registry.id, "path": path.api_path[:200]}
     served = f"no upstream of registry {registry.name!r} served {path.api_path}"
+    checked = [a for a in attempts if a.outcome is not Outcome.NOT_CHECKED]
+    if checked and all(a.reason == EgressRefused.reason for a in checked):
+        # Nothing was contacted and a retry cannot change that: the operator must act.
+        return UpstreamsEgressRefused(
+            f"{served}: the egress policy refused every upstream; nothing was sent ({summary})",
+            attempts=attempts,
+            metadata=metadata,
+        )
     if outcomes & {Outcome.UNAVAILABLE, Outcome.RATE_LIMITED}:
         return UpstreamsUnavailable(
             f"{served}, and some could not be checked; retry later ({summary})",

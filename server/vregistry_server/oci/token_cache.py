@@ -10,6 +10,7 @@ memory and says so in the log until Redis answers again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -153,6 +154,7 @@ class RedisTokenCache:
         # While degraded, Redis is only tried again after this time (monotonic): a Redis
         # that hangs instead of refusing would otherwise cost every call a socket timeout.
         self._retry_at = 0.0
+        self._stale_connections = False
         # The near cache: a small in-process layer in front of Redis, so the hot path
         # usually makes no Redis round trip at all. An entry lives at most
         # ``near_cache_seconds`` and never past the Redis entry's own TTL, so a token
@@ -163,10 +165,24 @@ class RedisTokenCache:
     def _skip_redis(self) -> bool:
         return self.degraded and time.monotonic() < self._retry_at
 
+    async def _drop_stale_connections(self) -> None:
+        """After a failure, the idle pooled connections are to the Redis that failed.
+
+        A restarted Redis would otherwise fail one stale connection per back-off period,
+        so the cache would stay degraded for as many seconds as the pool held
+        connections; dropping the idle ones makes the next try use a fresh connection.
+        """
+        if not self._stale_connections:
+            return
+        self._stale_connections = False
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+
     async def get(self, key: str) -> CachedToken | None:
         if self._skip_redis():
             return await self._fallback.get(key)
         near = self._near
+        await self._drop_stale_connections()
         if near is None:
             try:
                 raw = await self._redis.get(key)
@@ -208,6 +224,7 @@ class RedisTokenCache:
             await self._near.set(key, token, min(self.near_cache_seconds, ttl_seconds))
         if self._skip_redis():
             return
+        await self._drop_stale_connections()
         try:
             await self._redis.set(key, self._encode(key, token), px=ttl_ms)
         except (RedisError, OSError) as exc:
@@ -232,6 +249,7 @@ class RedisTokenCache:
             await self._near.delete_many(keys)
         if self._skip_redis():
             return
+        await self._drop_stale_connections()
         batch = list(keys)
         try:
             if len(batch) <= DELETE_CHUNK_KEYS:
@@ -273,6 +291,7 @@ class RedisTokenCache:
 
     def _mark_degraded(self, exc: Exception) -> None:
         self._observer.token_cache(self.name, "error")
+        self._stale_connections = True
         self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
         if not self.degraded:
             self.degraded = True

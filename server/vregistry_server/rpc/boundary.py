@@ -116,6 +116,7 @@ def attempts_to_pb(attempts: Sequence[Attempt]) -> list[pb.UpstreamAttempt]:
             position=a.position,
             message=a.message,
             retry_after_seconds=a.retry_after_seconds,
+            reason=a.reason,
         )
         for a in attempts
     ]

@@ -491,8 +491,13 @@ type UpstreamAttempt struct {
 	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
 	// The upstream's Retry-After, in seconds, when it answered 429; else 0.
 	RetryAfterSeconds int32 `protobuf:"varint,7,opt,name=retry_after_seconds,json=retryAfterSeconds,proto3" json:"retry_after_seconds,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The vregistry.v1.ErrorReason name of what failed this attempt when it
+	// failed with one (for example EGRESS_REFUSED: the upstream was never
+	// contacted, or UPSTREAM_RATE_LIMITED); empty for found, not found and
+	// not checked.
+	Reason        string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpstreamAttempt) Reset() {
@@ -572,6 +577,13 @@ func (x *UpstreamAttempt) GetRetryAfterSeconds() int32 {
 		return x.RetryAfterSeconds
 	}
 	return 0
+}
+
+func (x *UpstreamAttempt) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // ResolveUpstreamResponse says where and how to fetch the path.
@@ -755,7 +767,7 @@ const file_vregistry_v1_upstream_service_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
 	"\x03url\x18\x03 \x01(\tR\x03url\x12\x1a\n" +
 	"\bposition\x18\x04 \x01(\x05R\bposition\x120\n" +
-	"\x14cache_validity_hours\x18\x05 \x01(\x05R\x12cacheValidityHours\"\x90\x02\n" +
+	"\x14cache_validity_hours\x18\x05 \x01(\x05R\x12cacheValidityHours\"\xa8\x02\n" +
 	"\x0fUpstreamAttempt\x12\x1f\n" +
 	"\vupstream_id\x18\x01 \x01(\tR\n" +
 	"upstreamId\x126\n" +
@@ -766,7 +778,8 @@ const file_vregistry_v1_upstream_service_proto_rawDesc = "" +
 	"latency_ms\x18\x04 \x01(\x01R\tlatencyMs\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\x05R\bposition\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12.\n" +
-	"\x13retry_after_seconds\x18\a \x01(\x05R\x11retryAfterSeconds\"\xef\x02\n" +
+	"\x13retry_after_seconds\x18\a \x01(\x05R\x11retryAfterSeconds\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\"\xef\x02\n" +
 	"\x17ResolveUpstreamResponse\x122\n" +
 	"\bupstream\x18\x01 \x01(\v2\x16.vregistry.v1.UpstreamR\bupstream\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12L\n" +

@@ -297,6 +297,7 @@ class UpstreamAttempt(_message.Message):
     POSITION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     upstream_id: _builtins.str
     """The configured id of the upstream."""
     outcome: Global___AttemptOutcome.ValueType
@@ -311,6 +312,12 @@ class UpstreamAttempt(_message.Message):
     """A short human-readable explanation; never holds a credential."""
     retry_after_seconds: _builtins.int
     """The upstream's Retry-After, in seconds, when it answered 429; else 0."""
+    reason: _builtins.str
+    """The vregistry.v1.ErrorReason name of what failed this attempt when it
+    failed with one (for example EGRESS_REFUSED: the upstream was never
+    contacted, or UPSTREAM_RATE_LIMITED); empty for found, not found and
+    not checked.
+    """
     def __init__(
         self,
         *,
@@ -321,10 +328,11 @@ class UpstreamAttempt(_message.Message):
         position: _builtins.int = ...,
         message: _builtins.str = ...,
         retry_after_seconds: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_status", b"http_status", "latency_ms", b"latency_ms", "message", b"message", "outcome", b"outcome", "position", b"position", "retry_after_seconds", b"retry_after_seconds", "upstream_id", b"upstream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_status", b"http_status", "latency_ms", b"latency_ms", "message", b"message", "outcome", b"outcome", "position", b"position", "reason", b"reason", "retry_after_seconds", b"retry_after_seconds", "upstream_id", b"upstream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -200,6 +200,13 @@ export interface UpstreamAttempt {
   message: string;
   /** The upstream's Retry-After, in seconds, when it answered 429; else 0. */
   retryAfterSeconds: number;
+  /**
+   * The vregistry.v1.ErrorReason name of what failed this attempt when it
+   * failed with one (for example EGRESS_REFUSED: the upstream was never
+   * contacted, or UPSTREAM_RATE_LIMITED); empty for found, not found and
+   * not checked.
+   */
+  reason: string;
 }
 
 /** ResolveUpstreamResponse says where and how to fetch the path. */
@@ -968,7 +975,16 @@ export const Upstream: MessageFns<Upstream> = {
 };
 
 function createBaseUpstreamAttempt(): UpstreamAttempt {
-  return { upstreamId: "", outcome: 0, httpStatus: 0, latencyMs: 0, position: 0, message: "", retryAfterSeconds: 0 };
+  return {
+    upstreamId: "",
+    outcome: 0,
+    httpStatus: 0,
+    latencyMs: 0,
+    position: 0,
+    message: "",
+    retryAfterSeconds: 0,
+    reason: "",
+  };
 }
 
 export const UpstreamAttempt: MessageFns<UpstreamAttempt> = {
@@ -993,6 +1009,9 @@ export const UpstreamAttempt: MessageFns<UpstreamAttempt> = {
     }
     if (message.retryAfterSeconds !== 0) {
       writer.uint32(56).int32(message.retryAfterSeconds);
+    }
+    if (message.reason !== "") {
+      writer.uint32(66).string(message.reason);
     }
     return writer;
   },
@@ -1066,6 +1085,14 @@ export const UpstreamAttempt: MessageFns<UpstreamAttempt> = {
             message.retryAfterSeconds = reader.int32();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1103,6 +1130,7 @@ export const UpstreamAttempt: MessageFns<UpstreamAttempt> = {
         : isSet(object.retry_after_seconds)
         ? globalThis.Number(object.retry_after_seconds)
         : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
     };
   },
 
@@ -1129,6 +1157,9 @@ export const UpstreamAttempt: MessageFns<UpstreamAttempt> = {
     if (message.retryAfterSeconds !== 0) {
       obj.retryAfterSeconds = Math.round(message.retryAfterSeconds);
     }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
     return obj;
   },
 
@@ -1144,6 +1175,7 @@ export const UpstreamAttempt: MessageFns<UpstreamAttempt> = {
     message.position = object.position ?? 0;
     message.message = object.message ?? "";
     message.retryAfterSeconds = object.retryAfterSeconds ?? 0;
+    message.reason = object.reason ?? "";
     return message;
   },
 };
