@@ -1,8 +1,10 @@
-"""Flag combinations the real ``vregistry-server`` command refuses at start (exit code 2)."""
+"""The real ``vregistry-server`` command at start: flag combinations it refuses (exit code 2),
+and ``--version``."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -62,3 +64,15 @@ def test_memory_store_with_several_workers_is_refused(
     assert "--store memory" in stderr and "--workers" in stderr, stderr
     assert "--store sqlite --data-dir" in stderr and "--store redis" in stderr, stderr
     assert "Traceback" not in stderr
+
+
+def test_version_prints_the_installed_version() -> None:
+    """``vregistry-server --version``: the package's version from its metadata, exit 0."""
+    result = subprocess.run(
+        [SERVER, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.strip()
+        == f"vregistry-server {importlib.metadata.version('vregistry-server')}"
+    )

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import gc
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -184,12 +185,21 @@ def _warn_if_unauthenticated(
     )
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is its one definition)."""
+    try:
+        return importlib.metadata.version("vregistry-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="vregistry-server",
         description="gRPC service that resolves container-registry upstreams for a virtual registry.",
     )
     env = os.environ
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--config",
         default=env.get("VREGISTRY_CONFIG"),
