@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from vregistry_server.model import (
     DEFAULT_GROUP,
     DEFAULT_MAX_REGISTRIES_PER_GROUP,
     DEFAULT_MAX_UPSTREAMS_PER_REGISTRY,
+    UPSTREAM_DEFAULTS,
     Config,
     Credentials,
     Registry,
@@ -52,11 +52,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_UPSTREAM_DEFAULTS: dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(Upstream) if f.default is not dataclasses.MISSING
-}
-
-
 class UpstreamEntry(_Strict):
     """An upstream as the file spells it: the model's fields (same names, same defaults),
     with the credentials by reference. Values are checked by rules.validate_upstream."""
@@ -64,19 +59,19 @@ class UpstreamEntry(_Strict):
     id: str
     name: str
     url: str
-    description: str = _UPSTREAM_DEFAULTS["description"]
+    description: str = UPSTREAM_DEFAULTS["description"]
     username: str | None = None
     password_env: str | None = Field(default=None, min_length=1)
     password_file: str | None = Field(default=None, min_length=1)
-    cache_validity_hours: int = _UPSTREAM_DEFAULTS["cache_validity_hours"]
-    allow_http: bool = _UPSTREAM_DEFAULTS["allow_http"]
-    token_flow: TokenFlow = _UPSTREAM_DEFAULTS["token_flow"]
-    client_id: str = _UPSTREAM_DEFAULTS["client_id"]
+    cache_validity_hours: int = UPSTREAM_DEFAULTS["cache_validity_hours"]
+    allow_http: bool = UPSTREAM_DEFAULTS["allow_http"]
+    token_flow: TokenFlow = UPSTREAM_DEFAULTS["token_flow"]
+    client_id: str = UPSTREAM_DEFAULTS["client_id"]
     realm_allow_hosts: list[str] = Field(default_factory=list)
     allowed_actions: list[str] = Field(
-        default_factory=lambda: list(_UPSTREAM_DEFAULTS["allowed_actions"])
+        default_factory=lambda: list(UPSTREAM_DEFAULTS["allowed_actions"])
     )
-    group: str = _UPSTREAM_DEFAULTS["group"]
+    group: str = UPSTREAM_DEFAULTS["group"]
 
 
 class RegistryEntry(_Strict):

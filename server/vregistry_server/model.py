@@ -9,12 +9,13 @@ missing from any of those. This module imports nothing from the package.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 DEFAULT_MAX_UPSTREAMS_PER_REGISTRY = 20
 DEFAULT_MAX_REGISTRIES_PER_GROUP = 20
@@ -104,6 +105,13 @@ class Upstream:
 
     def url_for(self, api_path: str) -> str:
         return f"{self.url}/v2/{api_path}"
+
+
+# The defaults of Upstream's optional fields, for the places that fill an upstream from
+# partial input (the YAML schema, old stored documents, requests that leave a field unset).
+UPSTREAM_DEFAULTS: Mapping[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Upstream) if f.default is not dataclasses.MISSING
+}
 
 
 @dataclass(frozen=True, slots=True)

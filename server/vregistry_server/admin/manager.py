@@ -45,7 +45,7 @@ from vregistry_server.errors import (
     UpstreamNotFound,
     UpstreamNotInRegistry,
 )
-from vregistry_server.model import Config, Credentials, Settings, Upstream
+from vregistry_server.model import UPSTREAM_DEFAULTS, Config, Credentials, Settings, Upstream
 from vregistry_server.oci.egress import check_egress_literal
 from vregistry_server.resolver import Resolver
 from vregistry_server.rules import (
@@ -56,9 +56,6 @@ from vregistry_server.rules import (
 )
 
 log = logging.getLogger(__name__)
-_UPSTREAM_DEFAULT = {
-    f.name: f.default for f in dataclasses.fields(Upstream) if f.default is not dataclasses.MISSING
-}
 T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
@@ -132,10 +129,10 @@ class UpstreamInput:
     def model_value(self, request_field: str) -> object:
         """The value of a request field as the model holds it (defaults for unset ones)."""
         if request_field == "cache_validity_hours" and self.cache_validity_hours is None:
-            return _UPSTREAM_DEFAULT["cache_validity_hours"]
+            return UPSTREAM_DEFAULTS["cache_validity_hours"]
         value = getattr(self, request_field)
         if request_field in {"token_flow", "client_id", "allowed_actions"} and not value:
-            return _UPSTREAM_DEFAULT[request_field]
+            return UPSTREAM_DEFAULTS[request_field]
         return value
 
 

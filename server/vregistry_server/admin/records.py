@@ -25,6 +25,7 @@ from vregistry_server.admin.crypto import DecryptError, Keyring
 from vregistry_server.errors import InvalidArgument
 from vregistry_server.model import (
     DEFAULT_GROUP,
+    UPSTREAM_DEFAULTS,
     Config,
     Credentials,
     Registry,
@@ -47,9 +48,6 @@ RECORD_FIELDS = ("version", "create_time", "update_time")
 _UPSTREAM_PLAIN_FIELDS = tuple(
     f.name for f in dataclasses.fields(Upstream) if f.name != "credentials"
 )
-_UPSTREAM_DEFAULTS: dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(Upstream) if f.default is not dataclasses.MISSING
-}
 # Written before the model and the documents shared their field names.
 _LEGACY_DOC_KEYS: Mapping[str, str] = {"name": "display_name"}
 # Fields a document written before them lacks, read fail-closed rather than as the model's
@@ -331,8 +329,8 @@ def _doc_value(doc: Mapping[str, Any], name: str) -> Any:
         return doc[legacy]
     if name in _MISSING_DOC_VALUES:
         return _MISSING_DOC_VALUES[name]
-    if name in _UPSTREAM_DEFAULTS:
-        return _UPSTREAM_DEFAULTS[name]
+    if name in UPSTREAM_DEFAULTS:
+        return UPSTREAM_DEFAULTS[name]
     raise KeyError(name)
 
 
