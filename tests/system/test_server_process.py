@@ -260,7 +260,13 @@ async def test_sigterm_under_load_finishes_every_in_flight_rpc(
             in_flight = [
                 asyncio.ensure_future(stub.ResolveUpstream(request, timeout=10)) for _ in range(40)
             ]
+            # SIGTERM once every call is in flight at the upstream (its HEAD arrived), not
+            # after a fixed sleep: on a loaded machine some calls were not sent yet.
             await asyncio.sleep(0.3)
+            for _ in range(50):  # bounded: at most 5 s more
+                if slow.count("HEAD") >= len(in_flight):
+                    break
+                await asyncio.sleep(0.1)
             server.process.send_signal(signal.SIGTERM)
             replies = await asyncio.gather(*in_flight, return_exceptions=True)
             failures = [r for r in replies if isinstance(r, BaseException)]
