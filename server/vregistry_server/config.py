@@ -13,7 +13,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,6 +30,7 @@ from vregistry_server.model import (
     TokenFlow,
     Upstream,
 )
+from vregistry_server.redis_topology import parse_redis_url
 from vregistry_server.rules import (
     FieldError,
     check_credentials,
@@ -120,9 +120,9 @@ class SettingsEntry(_Strict):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_redis_url(value)  # raises ValueError saying what is wrong with it
         return value
 
 

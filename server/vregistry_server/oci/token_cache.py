@@ -22,12 +22,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.exceptions import RedisError
 
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
+from vregistry_server.redis_topology import connect
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class RedisTokenCache:
         near_cache_seconds: float = 0.0,
         near_cache_entries: int = 4096,
         encryption_key: bytes | None = None,
+        ca_file: str | None = None,
         observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._observer = observer
@@ -139,16 +140,15 @@ class RedisTokenCache:
         # A bounded pool: a burst of cold callers queues for a connection instead of
         # opening hundreds of sockets at once (whose handshakes then time out and
         # degrade the cache for everyone).
-        pool = aioredis.BlockingConnectionPool.from_url(
+        self._redis = connect(
             url,
-            max_connections=MAX_REDIS_CONNECTIONS,
-            timeout=socket_timeout,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
+            max_connections=MAX_REDIS_CONNECTIONS,
+            blocking_pool=True,
+            ca_file=ca_file,
             health_check_interval=30,
             retry_on_timeout=False,
         )
-        self._redis = aioredis.Redis.from_pool(pool)
         self._fallback = MemoryTokenCache(observer=observer)
         self.degraded = False
         # While degraded, Redis is only tried again after this time (monotonic): a Redis

@@ -38,6 +38,7 @@ from vregistry_server.admin.records import (
 )
 from vregistry_server.admin.stores.base import Changes, Conflict
 from vregistry_server.errors import StoreUnavailable
+from vregistry_server.redis_topology import connect, redact_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,14 @@ class RedisStore:
     name = "redis"
 
     def __init__(self, url: str, keyring: Keyring | None, *, socket_timeout: float = 2.0) -> None:
-        self._redis = aioredis.Redis.from_url(
+        self._redis = connect(
             url,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
             # A connection broken by a Redis restart is replaced, not reported.
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        host = self._redis.connection_pool.connection_kwargs.get("host", "?")
-        port = self._redis.connection_pool.connection_kwargs.get("port", "?")
-        self.location = f"redis://{host}:{port}"
+        self.location = redact_redis_url(url)
         self._keyring = keyring
         self._records = RecordCache()
         self._pubsub: Any = None
