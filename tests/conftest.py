@@ -12,6 +12,16 @@ Fixtures (see tests/support for the classes they yield):
 * ``token_registry`` -> RegistryServer (token auth via ``token_server``) with
   public/alpine:latest and private/app:v1; credentials bob / s3cret-token-pw.
 * ``proxy_factory``  -> ``make(backend_url_or_server, **knobs) -> Proxy``; stopped after the test.
+* ``redis_sentinel`` -> SentinelTopology (tests/support/redis_topologies.py): 1 master, 2 replicas,
+  3 sentinels. ``.url`` (``redis+sentinel://h:p,h:p,h:p/<master>/0``), ``.kill_master()``
+  (SIGKILL; returns its port), ``.wait_for_failover(timeout)`` (bounded), ``.flush()`` (FLUSHALL
+  on the master: call it at the start of a test), ``.master_client()``, ``.master_port()``.
+* ``redis_cluster``  -> ClusterTopology: 6 nodes (3 masters, 3 replicas). ``.url``
+  (``redis+cluster://h:p,...``), ``.kill_master(key=...)`` (SIGKILL the master of that key's
+  slot, by default the config store's hash tag), ``.wait_for_failover(timeout)``, ``.flush()``
+  (every master), ``.master_client(key)``, ``.cluster_client()``.
+  Both are started once per session; nodes a test killed are started again (as replicas) after
+  that test, so the next test finds a whole topology (its master may be another node).
 
 A session server a test stopped (to simulate an outage) is started again after that test.
 
@@ -39,6 +49,12 @@ if _ROOT not in sys.path:
 
 from tests.support.processes import RedisServer, start_redis  # noqa: E402
 from tests.support.proxy import HasUrl, Proxy, ProxyFactory, start_proxy  # noqa: E402
+from tests.support.redis_topologies import (  # noqa: E402
+    ClusterTopology,
+    SentinelTopology,
+    start_cluster,
+    start_sentinel,
+)
 from tests.support.registry import RegistryServer, start_registry  # noqa: E402
 from tests.support.service import Service, start_service  # noqa: E402
 from tests.support.token_server import TokenServer, start_token_server  # noqa: E402
@@ -53,6 +69,7 @@ TOKEN_PASSWORD = "s3cret-token-pw"
 PUBLIC_PREFIX = "public/"
 
 _RESTARTABLE = ("redis_server", "open_registry", "basic_registry", "token_registry")
+_TOPOLOGIES = ("redis_sentinel", "redis_cluster")
 _TESTS_DIR = Path(__file__).resolve().parent
 LAYERS = ("unit", "integration", "system")
 
@@ -76,6 +93,24 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelTopology]:
+    topology = start_sentinel()
+    try:
+        yield topology
+    finally:
+        topology.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterTopology]:
+    topology = start_cluster()
+    try:
+        yield topology
+    finally:
+        topology.close()
 
 
 @pytest.fixture(scope="session")
@@ -162,6 +197,10 @@ def _session_servers_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
             target: RedisServer | RegistryServer = request.getfixturevalue(name)
             if not target.running:
                 target.start()
+    for name in _TOPOLOGIES:
+        if name in request.fixturenames:
+            topology: SentinelTopology | ClusterTopology = request.getfixturevalue(name)
+            topology.restore()
 
 
 @pytest.fixture

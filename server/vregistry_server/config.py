@@ -85,6 +85,7 @@ class RegistryEntry(_Strict):
 class SettingsEntry(_Strict):
     listen: str | None = None
     redis_url: str | None = None
+    redis_ca_file: str | None = Field(default=None, min_length=1)
     token_cache_max_ttl_seconds: float = Field(default=180.0, gt=0, le=86400)
     # In-process layer in front of Redis (0 turns it off); see token_cache.RedisTokenCache.
     token_near_cache_seconds: float = Field(default=5.0, ge=0, le=60)
@@ -104,6 +105,12 @@ class SettingsEntry(_Strict):
     max_registries_per_group: int = Field(default=DEFAULT_MAX_REGISTRIES_PER_GROUP, ge=1, le=1000)
     challenge_cache_seconds: float = Field(default=3600.0, ge=0, le=86400)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    # The ResolveUpstream resolution cache (resolve_cache.py; model.Settings says what each is).
+    negative_cache_seconds: float = Field(default=0.0, ge=0, le=86400)
+    stale_if_error_seconds: float = Field(default=3600.0, ge=0, le=7 * 86400)
+    resolve_cache_max_entries: int = Field(default=50_000, ge=0, le=10_000_000)
+    resolve_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2**34)
+    resolve_cache_redis_ttl_seconds: float = Field(default=7 * 86400.0, gt=0, le=90 * 86400)
     # A base64 32-byte key that encrypts token values in Redis, by reference like passwords.
     token_cache_key_env: str | None = Field(default=None, min_length=1)
     token_cache_key_file: str | None = Field(default=None, min_length=1)

@@ -133,6 +133,8 @@ class Registry:
 class Settings:
     listen: str = "127.0.0.1:50051"
     redis_url: str | None = None
+    # A CA bundle (PEM) that verifies a rediss:// server, for a private CA (every Redis client).
+    redis_ca_file: str | None = None
     token_cache_max_ttl_seconds: float = 180.0
     token_near_cache_seconds: float = 5.0
     token_expiry_margin_seconds: float = 10.0
@@ -156,6 +158,16 @@ class Settings:
     max_in_flight_per_upstream: int = 100
     max_connections_per_upstream: int = 50
     shutdown_grace_seconds: float = 10.0
+    # The ResolveUpstream resolution cache (resolve_cache.py): misses are remembered only
+    # when negative_cache_seconds > 0; an expired tag answer is served stale while every
+    # needed upstream is unavailable, for up to stale_if_error_seconds past its validity.
+    negative_cache_seconds: float = 0.0
+    stale_if_error_seconds: float = 3600.0
+    # Process-memory bounds of the resolution cache (LRU; 0 entries: no memory layer), and
+    # the Redis TTL of answers valid until a configuration change (refreshed on use).
+    resolve_cache_max_entries: int = 50_000
+    resolve_cache_max_bytes: int = 64 * 1024 * 1024
+    resolve_cache_redis_ttl_seconds: float = 7 * 24 * 3600.0
     # AES-256-GCM key for token values in Redis (None: stored as they are).
     token_cache_key: bytes | None = field(default=None, repr=False)
 
@@ -221,3 +233,6 @@ class Hit:
 class Resolution:
     hit: Hit
     attempts: list[Attempt]
+    cache_hit: bool = False  # answered from the resolution cache (headers fresh regardless)
+    stale: bool = False  # an expired cached answer, served because the upstreams were down
+    checked_at: float = 0.0  # unix time an upstream last confirmed the answer

@@ -8,9 +8,11 @@ and concurrent misses for one key collapse into one ping and one token request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
 import httpx
@@ -30,13 +32,28 @@ from vregistry_server.oci.ping import AuthDiscovery, ping
 from vregistry_server.oci.realm_policy import AddressGuard
 from vregistry_server.oci.retry import RetryPolicy
 from vregistry_server.oci.singleflight import SingleFlight
-from vregistry_server.oci.token_cache import CachedToken, TokenCache, cache_key
+from vregistry_server.oci.token_cache import (
+    UNSHARED_CLAIM,
+    CachedToken,
+    ClaimState,
+    FetchClaim,
+    TokenCache,
+    cache_key,
+)
 from vregistry_server.oci.token_exchange import TokenExchanger
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS_FINGERPRINT = "anonymous"
 MAX_TRACKED_KEYS_PER_UPSTREAM = 1024
+# The fleet-wide fetch lease of a token key: short, because a holder that dies leaves
+# the others waiting this long; renewed every third of it while the fetch runs.
+LEASE_SECONDS = 2.0
+# Waiting replicas ask again after 5 ms, doubling up to 100 ms: a quick fetch is seen
+# soon after it lands, and a slow one costs each waiting process (one poller per key,
+# behind its single-flight) at most ten Redis round trips a second per key.
+LEASE_POLL_FIRST_SECONDS = 0.005
+LEASE_POLL_MAX_SECONDS = 0.1
 T = TypeVar("T")
 
 
@@ -62,6 +79,8 @@ class Authenticator:
         self._discoveries: dict[AuthIdentity, tuple[AuthDiscovery, float]] = {}
         self._discovery_flight: SingleFlight[AuthDiscovery] = SingleFlight()
         self._token_flight: SingleFlight[CachedToken] = SingleFlight()
+        # The tasks keeping this process's fetch leases alive (referenced until done).
+        self._renewers: set[asyncio.Task[None]] = set()
         # Per upstream, the cache keys this process stored tokens under (oldest first).
         self._token_keys: dict[str, dict[str, None]] = {}
 
@@ -198,6 +217,14 @@ class Authenticator:
         *,
         recheck: bool = True,
     ) -> CachedToken:
+        """One process's fetch of a token (behind its single-flight), shared with the fleet.
+
+        With Redis, a short lease per key (``claim_fetch``) makes one replica fetch and
+        store while the others wait for the value: a cold burst over N replicas costs
+        one token request, not N. The holder keeps the lease alive while it fetches; if
+        it dies, the lease lapses within LEASE_SECONDS and a waiting replica takes over.
+        """
+        claim = UNSHARED_CLAIM
         if recheck:
             # A caller whose cache read was in flight while the previous fetch for this
             # key stored its token and finished starts a new flight; the token is in the
@@ -205,6 +232,72 @@ class Authenticator:
             cached = await self._cache.get(key)
             if cached is not None and cached.expires_at > time.time():
                 return cached
+            # Then the other replicas: one of them may be fetching this token right now.
+            # (A bypass, after the upstream refused a token, fetches without waiting.)
+            claim = await self._claim_fetch(key)
+            if claim.token is not None:
+                return claim.token
+        async with self._lease_kept(key, claim):
+            return await self._fetch_now(upstream, discovery, scopes, key)
+
+    async def _claim_fetch(self, key: str) -> FetchClaim:
+        """This replica's right to fetch the token, or the token another replica fetched.
+
+        While another replica holds the key's lease, ask again with a short back-off
+        (never past the lease's own expiry, so a dead holder is replaced at once). The
+        wait is bounded by the shared budget; after that, or without a shared cache,
+        this replica fetches for itself, as every replica did before leases.
+        """
+        budget = self._shared_budget()
+        pause = LEASE_POLL_FIRST_SECONDS
+        waited = False
+        while True:
+            claim = await self._cache.claim_fetch(key, LEASE_SECONDS)
+            if claim.state is not ClaimState.HELD:
+                self._observer.token_lease(_lease_outcome(claim.state, waited=waited))
+                if claim.token is not None and claim.token.expires_at <= time.time():
+                    return UNSHARED_CLAIM  # stored by a replica whose clock runs behind
+                return claim
+            wait = min(pause, max(claim.held_seconds, 0.001), budget.remaining())
+            if wait <= 0:
+                self._observer.token_lease("wait_timeout")
+                return UNSHARED_CLAIM
+            waited = True
+            await asyncio.sleep(wait)
+            pause = min(pause * 2, LEASE_POLL_MAX_SECONDS)
+
+    @contextlib.asynccontextmanager
+    async def _lease_kept(self, key: str, claim: FetchClaim) -> AsyncIterator[None]:
+        """Renew an owned lease while the fetch runs; release it after (stored or failed),
+        so a failed fetch lets a waiting replica try at once rather than at expiry."""
+        if claim.state is not ClaimState.OWNED:
+            yield
+            return
+        done = asyncio.Event()
+        renewer = asyncio.create_task(self._renew_lease(key, claim.owner, done))
+        self._renewers.add(renewer)
+        renewer.add_done_callback(self._renewers.discard)
+        try:
+            yield
+        finally:
+            # Never wait for the renewer: a cancellation that lands inside the Redis
+            # client may be swallowed there; ``done`` ends its loop in any case, and a
+            # late renewal is a no-op (compare-and-expire on the owner).
+            done.set()
+            renewer.cancel()
+            await self._cache.release_fetch(key, claim.owner)
+
+    async def _renew_lease(self, key: str, owner: str, done: asyncio.Event) -> None:
+        # Runs until _lease_kept sets ``done``, which the fetch's own budget bounds.
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), LEASE_SECONDS / 3)
+            if not done.is_set():
+                await self._cache.renew_fetch(key, owner, LEASE_SECONDS)
+
+    async def _fetch_now(
+        self, upstream: Upstream, discovery: AuthDiscovery, scopes: list[str], key: str
+    ) -> CachedToken:
         token = await self._exchanger.fetch(upstream, discovery, scopes, self._shared_budget())
         cached = CachedToken(value=token.value, expires_at=token.expires_at)
         ttl = min(
@@ -267,6 +360,16 @@ def _flight_key(identity: AuthIdentity) -> str:
     # so the fingerprint stands for the credentials.
     parts = [p.fingerprint if isinstance(p, Credentials) else repr(p) for p in identity]
     return "\x1f".join(parts)
+
+
+def _lease_outcome(state: ClaimState, *, waited: bool) -> str:
+    """``acquired`` (fetch at once), ``taken_over`` (after another holder's lease ended
+    without a token), ``shared`` (another replica's token), ``unshared`` (no shared cache)."""
+    if state is ClaimState.OWNED:
+        return "taken_over" if waited else "acquired"
+    if state is ClaimState.CACHED:
+        return "shared"
+    return "unshared"
 
 
 def _bearer_headers(token: CachedToken, key: str, *, cache_hit: bool) -> AuthHeaders:

@@ -25,6 +25,15 @@ class Observer:
     def token_cache_degraded(self, degraded: bool) -> None:
         """Redis became unreachable (tokens held in process memory only), or came back."""
 
+    def token_lease(self, outcome: str) -> None:
+        """A process's fleet-wide claim on a missing token (``acquired``, ``taken_over``,
+        ``shared``, ``unshared``, ``wait_timeout``): see Authenticator._claim_fetch."""
+
+    def resolve_cache(self, layer: str, result: str) -> None:
+        """A resolution cache lookup: layer ``memory``/``redis``, result ``hit`` (fresh answer),
+        ``negative`` (a cached miss), ``expired`` (re-checked), ``stale`` (served expired while
+        the upstreams are down), ``miss`` or ``error`` (Redis unreachable)."""
+
     def probe(self, upstream_id: str, outcome: str, seconds: float) -> None:
         """One upstream checked for ResolveUpstream, with its outcome and duration."""
 

@@ -29,6 +29,7 @@ from vregistry_server.admin.stores.memory import MemoryStore
 from vregistry_server.admin.stores.redis import RedisStore
 from vregistry_server.admin.stores.sqlite import SqliteStore
 from vregistry_server.model import Config
+from vregistry_server.redis_topology import parse_redis_url
 from vregistry_server.rpc.config_servicer import SERVICE_NAME as CONFIG_SERVICE_NAME
 from vregistry_server.rpc.config_servicer import ConfigServicer
 from vregistry_server.rpc.interceptors import CallerAuthInterceptor
@@ -51,6 +52,7 @@ class AdminOptions:
     store: str | None = None
     data_dir: Path | None = None
     store_redis_url: str | None = None
+    redis_ca_file: str | None = None  # settings.redis_ca_file, for a rediss:// store
     keyring: Keyring | None = None
     callers: Callers | None = None
     credentials: Any = None
@@ -155,6 +157,13 @@ def options_from_args(
     data_dir = Path(args.data_dir) if args.data_dir else None
     if store == "sqlite" and data_dir is None:
         raise AdminSetupError("--store sqlite needs --data-dir")
+    if args.store_redis_url:
+        try:
+            parse_redis_url(args.store_redis_url)
+        except ValueError as exc:
+            raise AdminSetupError(
+                f"--store-redis-url (env VREGISTRY_STORE_REDIS_URL): {exc}"
+            ) from None
     redis_url = args.store_redis_url or config.settings.redis_url
     if store == "redis" and not redis_url:
         raise AdminSetupError("--store redis needs --store-redis-url or --redis-url")
@@ -197,6 +206,7 @@ def options_from_args(
         store=store,
         data_dir=data_dir,
         store_redis_url=redis_url,
+        redis_ca_file=config.settings.redis_ca_file,
         keyring=keyring,
         callers=callers,
         credentials=credentials,
@@ -310,7 +320,7 @@ def make_store(options: AdminOptions) -> Store | None:
         return SqliteStore(options.data_dir, options.keyring)
     if options.store == "redis":
         assert options.store_redis_url is not None
-        return RedisStore(options.store_redis_url, options.keyring)
+        return RedisStore(options.store_redis_url, options.keyring, ca_file=options.redis_ca_file)
     return None
 
 

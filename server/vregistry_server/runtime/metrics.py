@@ -47,9 +47,24 @@ TOKEN_CACHE = Counter(
     ["layer", "result"],
     registry=REGISTRY,
 )
+RESOLVE_CACHE = Counter(
+    "vregistry_resolve_cache_requests_total",
+    "ResolveUpstream resolution cache lookups, by layer (memory, redis) and result (hit,"
+    " negative, expired, stale, miss, error).",
+    ["layer", "result"],
+    registry=REGISTRY,
+)
 TOKEN_CACHE_DEGRADED = Gauge(
     "vregistry_token_cache_degraded",
     "1 while Redis is unreachable and tokens are held in process memory only.",
+    registry=REGISTRY,
+)
+TOKEN_LEASES = Counter(
+    "vregistry_token_leases_total",
+    "Fleet-wide claims on a missing token, by outcome: acquired (this replica fetched),"
+    " taken_over (fetched after another holder's lease ended without a token), shared"
+    " (another replica's token), unshared (no Redis: fetched alone), wait_timeout.",
+    ["outcome"],
     registry=REGISTRY,
 )
 TOKEN_FETCHES = Counter(
@@ -96,6 +111,11 @@ def _token_cache_child(layer: str, result: str) -> Any:
     return TOKEN_CACHE.labels(layer, result)
 
 
+@functools.lru_cache(maxsize=64)
+def _resolve_cache_child(layer: str, result: str) -> Any:
+    return RESOLVE_CACHE.labels(layer, result)
+
+
 class PrometheusObserver(Observer):
     """The OCI layer's events and every RPC, as the series above."""
 
@@ -116,8 +136,14 @@ class PrometheusObserver(Observer):
     def token_cache(self, layer: str, result: str) -> None:
         _token_cache_child(layer, result).inc()
 
+    def resolve_cache(self, layer: str, result: str) -> None:
+        _resolve_cache_child(layer, result).inc()
+
     def token_cache_degraded(self, degraded: bool) -> None:
         TOKEN_CACHE_DEGRADED.set(1 if degraded else 0)
+
+    def token_lease(self, outcome: str) -> None:
+        TOKEN_LEASES.labels(outcome).inc()
 
     def probe(self, upstream_id: str, outcome: str, seconds: float) -> None:
         PROBES.labels(upstream_id, outcome).observe(seconds)

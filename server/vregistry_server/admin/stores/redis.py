@@ -1,12 +1,21 @@
 """The shared store: Redis, for several replicas, with change notification.
 
-Layout (prefix ``vregistry:config:v1:``): ``generation`` (a counter),
-``upstreams`` and ``registries`` (hashes of id -> JSON document; credentials
-sealed with AES-GCM, never plain). A commit is WATCH generation / MULTI / EXEC,
-so concurrent writers on different replicas serialize; the same transaction
-PUBLISHes the new generation on ``changes``, and every replica reloads when it
-hears it. A replica also polls the counter, so a missed message (a Redis
-restart, a dropped subscription) delays a change by seconds, never forever.
+Layout: every key carries the hash tag ``{vregistry:config:v1}`` (so on a Redis Cluster
+they all live in one slot, and a transaction may touch them together): ``...:generation``
+(a counter), ``...:upstreams`` and ``...:registries`` (hashes of id -> JSON document;
+credentials sealed with AES-GCM, never plain). A commit is WATCH generation / MULTI / EXEC
+(on a cluster, redis-py's transactional cluster pipeline, which needs exactly that one
+slot), so concurrent writers on different replicas serialize; the same transaction
+PUBLISHes the new generation on ``...:changes``, and every replica reloads when it hears
+it. On a cluster that is sharded pub/sub (SPUBLISH / SSUBSCRIBE, Redis 7): the channel has
+the keys' slot, so it can be part of the transaction, which redis-py refuses for a classic
+PUBLISH (no slot); one server and Sentinel keep classic pub/sub (any Redis version). A
+replica also polls the counter, so a missed
+message (a Redis restart, a failover, a dropped subscription) delays a change by seconds,
+never forever.
+
+Stores written before the hash tag (keys ``vregistry:config:v1:generation`` ...) are moved
+to the new names once, atomically, by the first replica that opens them (``open``).
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ import logging
 import time
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -38,15 +46,27 @@ from vregistry_server.admin.records import (
 )
 from vregistry_server.admin.stores.base import Changes, Conflict
 from vregistry_server.errors import StoreUnavailable
-from vregistry_server.redis_topology import connect, redact_redis_url
+from vregistry_server.redis_topology import RedisClient, connect, is_cluster, redact_redis_url
 
 log = logging.getLogger(__name__)
 
-PREFIX = "vregistry:config:v1:"
+PREFIX = "{vregistry:config:v1}:"
 GENERATION = PREFIX + "generation"
 UPSTREAMS = PREFIX + "upstreams"
 REGISTRIES = PREFIX + "registries"
 CHANNEL = PREFIX + "changes"
+# The names before the hash tag (single-server stores only: a cluster could not hold them).
+LEGACY_PREFIX = "vregistry:config:v1:"
+_MIGRATED = ("generation", "upstreams", "registries")
+# Moves the old keys to the new names unless the new store already exists: atomic, so two
+# replicas starting together migrate once, and a store written since is never overwritten.
+_MIGRATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[4]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, 3 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('RENAME', KEYS[i], KEYS[i + 3]) end
+end
+return 1
+"""
 # A reload this often even without a message: covers a Redis that lost its data.
 FULL_RELOAD_SECONDS = 10.0
 
@@ -54,10 +74,18 @@ FULL_RELOAD_SECONDS = 10.0
 class RedisStore:
     name = "redis"
 
-    def __init__(self, url: str, keyring: Keyring | None, *, socket_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        keyring: Keyring | None,
+        *,
+        socket_timeout: float = 2.0,
+        ca_file: str | None = None,
+    ) -> None:
         self._redis = connect(
             url,
             socket_timeout=socket_timeout,
+            ca_file=ca_file,
             # A connection broken by a Redis restart is replaced, not reported.
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
@@ -66,23 +94,69 @@ class RedisStore:
         self._keyring = keyring
         self._records = RecordCache()
         self._pubsub: Any = None
+        # Cluster: sharded pub/sub (SPUBLISH in the commit's transaction, SSUBSCRIBE).
+        self._cluster = is_cluster(self._redis)
         self._last_full_reload = time.monotonic()
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         return self._redis
 
     async def open(self) -> None:
         try:
+            await self._migrate_legacy_keys()
             await self._redis.setnx(GENERATION, 0)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"cannot reach the Redis store: {type(exc).__name__}") from None
         await self._subscribe()
 
+    async def _migrate_legacy_keys(self) -> None:
+        """Move a store written under the old key names (one server or Sentinel only).
+
+        On a cluster the old names hash to different slots, so no script may touch them
+        together; and no cluster store can have them: the single-server client that wrote
+        them could not talk to a cluster.
+        """
+        if is_cluster(self._redis):
+            return
+        keys = [LEGACY_PREFIX + name for name in _MIGRATED] + [PREFIX + n for n in _MIGRATED]
+        moved = await self._redis.eval(_MIGRATE_SCRIPT, len(keys), *keys)
+        if moved:
+            log.info(
+                "config store: moved the keys to their hash-tagged names",
+                extra={"store": self.location},
+            )
+
     async def _subscribe(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(CHANNEL)
+        if self._cluster:
+            await pubsub.ssubscribe(CHANNEL)
+        else:
+            await pubsub.subscribe(CHANNEL)
         self._pubsub = pubsub
+
+    async def _next_message(self, wait_seconds: float) -> Any:
+        """The next change message, or None after ``wait_seconds``.
+
+        redis-py answers None at once for a (un)subscribe confirmation it skips, so the wait
+        goes on until a real message or the deadline.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._cluster:
+                message = await self._pubsub.get_sharded_message(
+                    ignore_subscribe_messages=True, timeout=left
+                )
+            else:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=left
+                )
+            if message is not None:
+                return message
+            # Not a busy loop if the client returns at once with nothing (no subscription
+            # left after a failover, until it is made again).
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return None
 
     async def load(self) -> State:
         try:
@@ -125,7 +199,12 @@ class RedisStore:
                 if registry_docs:
                     pipe.hset(REGISTRIES, mapping=cast(Any, registry_docs))
                 pipe.set(GENERATION, new_generation)
-                pipe.publish(CHANNEL, str(new_generation))
+                if self._cluster:
+                    # Sharded: the channel has the keys' slot, so it may join the transaction
+                    # (a classic PUBLISH has no slot and redis-py refuses it in one).
+                    pipe.spublish(CHANNEL, str(new_generation))
+                else:
+                    pipe.publish(CHANNEL, str(new_generation))
                 await pipe.execute()
         except WatchError:
             raise Conflict() from None
@@ -137,10 +216,11 @@ class RedisStore:
         try:
             resync = self._pubsub is None
             if resync:
+                # A command through the client first: on a cluster it re-reads the slot map
+                # after a failover, so the subscription goes to the channel's new owner.
+                await self._redis.get(GENERATION)
                 await self._subscribe()
-            message = await self._pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=wait_seconds
-            )
+            message = await self._next_message(wait_seconds)
             if message is not None or resync:
                 # After a reconnect, messages may have been missed: reload once.
                 return True
