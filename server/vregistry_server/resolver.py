@@ -19,15 +19,26 @@ from vregistry_server.errors import (
     DeadlineExceeded,
     InvalidArgument,
     InvalidPath,
+    NotFoundOnUpstreams,
     RegistryHasNoUpstreams,
     RegistryNotFound,
     ResolveDeadlineExceeded,
     ResolveFailed,
     Unavailable,
     UpstreamNotFound,
+    UpstreamsUnavailable,
     VRegistryError,
 )
-from vregistry_server.model import AuthHeaders, Config, Registry, Resolution, Settings, Upstream
+from vregistry_server.model import (
+    AuthHeaders,
+    Config,
+    Hit,
+    Outcome,
+    Registry,
+    Resolution,
+    Settings,
+    Upstream,
+)
 from vregistry_server.oci.auth import Authenticator, auth_identity
 from vregistry_server.oci.http import Budget, make_client
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
@@ -38,8 +49,16 @@ from vregistry_server.oci.paths import (
     parse_path,
     parse_path_or_repository,
 )
-from vregistry_server.oci.probe import Prober
+from vregistry_server.oci.probe import Prober, _fetch_headers
 from vregistry_server.oci.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
+from vregistry_server.resolve_cache import (
+    CachedAnswer,
+    ResolveCache,
+    answer_for_hit,
+    answer_for_miss,
+    cacheable,
+    changed_registries,
+)
 from vregistry_server.rules import FieldError, check_id
 
 MAX_ID_LENGTH = 256
@@ -54,11 +73,13 @@ class Resolver:
         client: httpx.AsyncClient | None = None,
         *,
         observer: Observer = NULL_OBSERVER,
+        resolve_cache: ResolveCache | None = None,
     ) -> None:
         settings = config.settings
         self.config = config
         self.observer = observer
         self.cache = cache if cache is not None else _cache_for(settings, observer)
+        self.resolve_cache = resolve_cache or ResolveCache(settings, observer=observer)
         self._owns_client = client is None
         self.client = client or make_client(
             connect_timeout=settings.connect_timeout_seconds,
@@ -85,14 +106,23 @@ class Resolver:
         over at once: their discovered challenge, token flow, refresh tokens, realm
         address classes and cached tokens are dropped, and their circuit breaker is
         closed (an open circuit of the old url says nothing about the new one). The
-        ids of those upstreams are returned.
+        ids of those upstreams are returned. Registries whose members, order or members'
+        identities changed, or that are gone, lose their cached answers in process memory
+        (their resolution cache keys changed with them, on every replica: resolve_cache.py).
         """
         old = self.config.upstreams
-        # A walk over every upstream: in a worker thread, off the event loop.
-        changed = await asyncio.to_thread(_changed_upstreams, old, config.upstreams)
-        if self.config.upstreams is not old:  # another apply_config ran meanwhile
-            changed = _changed_upstreams(self.config.upstreams, config.upstreams)
+        old_registries = self.config.registries
+        # A walk over every upstream and registry: in a worker thread, off the event loop.
+        changed, gone = await asyncio.to_thread(
+            _changes, old, config.upstreams, old_registries, config.registries
+        )
+        if self.config.upstreams is not old or self.config.registries is not old_registries:
+            # another apply_config ran meanwhile
+            changed, gone = _changes(
+                self.config.upstreams, config.upstreams, self.config.registries, config.registries
+            )
         self.config = dataclasses.replace(config, settings=self.config.settings)
+        self.resolve_cache.forget(gone)
         for upstream_id in changed:
             self.prober.breaker.forget(upstream_id)
         # One batched token delete for all of them (a hung Redis costs one timeout).
@@ -103,6 +133,7 @@ class Resolver:
         if self._owns_client:
             await self.client.aclose()
         await self.cache.aclose()
+        await self.resolve_cache.aclose()
 
     def _budget(self, caller_remaining: float | None) -> Budget:
         if caller_remaining is not None and caller_remaining <= 0:
@@ -165,8 +196,15 @@ class Resolver:
             raise _as_deadline(exc, budget) from None
 
     async def resolve_upstream(
-        self, registry_id: str, path: str, *, caller_remaining: float | None = None
+        self,
+        registry_id: str,
+        path: str,
+        *,
+        caller_remaining: float | None = None,
+        refresh: bool = False,
     ) -> Resolution:
+        """The first upstream by position that has the path, remembered in the resolution
+        cache; ``refresh`` checks the upstreams even when a cached answer exists."""
         registry = self.registry(registry_id)
         parsed = _parse(path, parse_path)
         if parsed.repository is None:
@@ -182,10 +220,88 @@ class Resolver:
             # Skipping it would let a lower-priority upstream answer for its names.
             ensure_usable(member.upstream)
         budget = self._budget(caller_remaining)
+        cache = self.resolve_cache
+        if not cache.enabled or not cacheable(parsed):
+            return await self._check(registry, parsed, budget)
+        key = cache.key(registry, parsed)
+        found = await cache.get(key, registry.id, immutable=parsed.reference_is_digest)
+        if found is not None and not refresh and found.answer.fresh(cache.now()):
+            return await self._from_cache(registry, parsed, found.answer, budget)
         try:
-            return await self.prober.resolve(registry, parsed, budget)
+            resolution = await self._check(registry, parsed, budget)
+        except NotFoundOnUpstreams as exc:
+            miss = answer_for_miss(exc.message, exc.attempts, self.config.settings, cache.now())
+            if miss is not None:
+                await cache.put(key, registry.id, miss)
+            elif found is not None:
+                # Gone upstream (a deleted tag): never to be served again, not even stale.
+                await cache.drop(key)
+            raise
+        except UpstreamsUnavailable as exc:
+            if found is None or not _may_serve_stale(found.answer, exc, cache.now()):
+                raise
+            try:
+                stale = await self._from_cache(registry, parsed, found.answer, budget, stale=True)
+            except VRegistryError:
+                raise exc from None  # no fresh headers either: the upstreams' outage it is
+            cache.served_stale(found.layer)
+            return stale
+        answer = answer_for_hit(parsed, resolution, self.config.settings, resolution.checked_at)
+        if answer is not None:
+            await cache.put(key, registry.id, answer)
+        return resolution
+
+    async def _check(self, registry: Registry, parsed: RegistryPath, budget: Budget) -> Resolution:
+        """Ask the upstreams (no cache)."""
+        checked_at = self.resolve_cache.now()
+        try:
+            resolution = await self.prober.resolve(registry, parsed, budget)
         except VRegistryError as exc:
             raise _as_deadline(exc, budget) from None
+        return dataclasses.replace(resolution, checked_at=checked_at)
+
+    async def _from_cache(
+        self,
+        registry: Registry,
+        parsed: RegistryPath,
+        answer: CachedAnswer,
+        budget: Budget,
+        *,
+        stale: bool = False,
+    ) -> Resolution:
+        """A cached answer with headers fresh from the authenticator (never cached)."""
+        if not answer.found:
+            raise NotFoundOnUpstreams(
+                answer.message,
+                attempts=answer.copied_attempts(),
+                metadata={"registry_id": registry.id, "path": parsed.api_path[:200]},
+            )
+        # The key holds the ordered members' identities, so the member is there, unchanged.
+        member = next(
+            m
+            for m in registry.upstreams
+            if m.upstream.id == answer.upstream_id and m.position == answer.position
+        )
+        try:
+            auth = await self.authenticator.headers_for(member.upstream, parsed, budget)
+        except VRegistryError as exc:
+            exc.metadata.setdefault("upstream_id", member.upstream.id)
+            raise _as_deadline(exc, budget) from None
+        hit = Hit(
+            member=member,
+            url=answer.url,
+            headers=_fetch_headers(parsed, auth),
+            digest=answer.digest,
+            media_type=answer.media_type,
+            size=answer.size,
+        )
+        return Resolution(
+            hit,
+            answer.copied_attempts(),
+            cache_hit=True,
+            stale=stale,
+            checked_at=answer.checked_at,
+        )
 
 
 def _as_deadline(exc: VRegistryError, budget: Budget) -> VRegistryError:
@@ -204,6 +320,7 @@ def _cache_for(settings: Settings, observer: Observer) -> TokenCache:
         return MemoryTokenCache(observer=observer)
     return RedisTokenCache(
         settings.redis_url,
+        ca_file=settings.redis_ca_file,
         near_cache_seconds=settings.token_near_cache_seconds,
         encryption_key=settings.token_cache_key,
         observer=observer,
@@ -257,6 +374,33 @@ def _parse(path: str, parser: Callable[[str], RegistryPath]) -> RegistryPath:
         return parser(path)
     except PathError as exc:
         raise InvalidPath(str(exc)) from None
+
+
+def _may_serve_stale(answer: CachedAnswer, failure: UpstreamsUnavailable, now: float) -> bool:
+    """Stale if error: a found answer still within its stale window, whose upstream, and
+    every upstream before it, could not say otherwise (unavailable, rate-limited, or still
+    without it). An upstream that now refuses the credentials, or the answering upstream
+    now saying "not found", is news the caller must get."""
+    if not answer.found or not answer.usable(now):
+        return False
+    down = {Outcome.UNAVAILABLE, Outcome.RATE_LIMITED}
+    needed = [a for a in failure.attempts if a.position <= answer.position]
+    answering = [a for a in needed if a.upstream_id == answer.upstream_id]
+    return (
+        bool(answering)
+        and all(a.outcome in down for a in answering)
+        and all(a.outcome in down or a.outcome is Outcome.NOT_FOUND for a in needed)
+    )
+
+
+def _changes(
+    old: Mapping[str, Upstream],
+    new: Mapping[str, Upstream],
+    old_registries: Mapping[str, Registry],
+    new_registries: Mapping[str, Registry],
+) -> tuple[set[str], set[str]]:
+    """The upstreams whose auth identity changed, and the registries whose answers did."""
+    return _changed_upstreams(old, new), changed_registries(old_registries, new_registries)
 
 
 def _changed_upstreams(old: Mapping[str, Upstream], new: Mapping[str, Upstream]) -> set[str]:

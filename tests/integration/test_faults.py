@@ -121,20 +121,20 @@ async def test_circuit_opens_stops_traffic_and_closes_after_a_good_trial(
         circuit_failure_threshold=2,
         circuit_reset_seconds=0.5,
     )
-    path = "library/alpine/manifests/latest"
+    path = "library/alpine/manifests/latest"  # refresh: every call checks the upstreams
     for _ in range(2):
-        await service.resolve("r", path)
+        await service.resolve("r", path, refresh=True)
     assert flaky.count("HEAD") == 2
     assert _sample("vregistry_circuit_state", upstream="first") == State.OPEN
     # Open: the upstream is not contacted, the answer comes from the next one at once.
-    reply = await service.resolve("r", path)
+    reply = await service.resolve("r", path, refresh=True)
     assert reply.upstream.id == "second"
     assert "circuit is open" in reply.attempts[0].message
     assert flaky.count("HEAD") == 2
     # After the reset time one trial goes through; the upstream has recovered.
     flaky.configure(fail_with=None)
     await asyncio.sleep(0.6)
-    reply = await service.resolve("r", path)
+    reply = await service.resolve("r", path, refresh=True)
     assert reply.upstream.id == "first"
     assert flaky.count("HEAD") == 3
     assert _sample("vregistry_circuit_state", upstream="first") == State.CLOSED

@@ -142,8 +142,8 @@ async def test_v2_rate_limited_attempt_is_rate_limited_and_does_not_open_the_cir
         ("open", open_registry.url, None, {}),
         circuit_failure_threshold=1,
     )
-    for round_number in (1, 2):
-        reply = await service.resolve("r", "library/alpine/manifests/latest")
+    for round_number in (1, 2):  # refresh: each round checks the upstreams
+        reply = await service.resolve("r", "library/alpine/manifests/latest", refresh=True)
         assert reply.upstream.id == "open"
         first = reply.attempts[0]
         assert first.outcome == Outcome.ATTEMPT_OUTCOME_RATE_LIMITED, round_number
@@ -391,8 +391,8 @@ async def test_manifest_head_refused_is_asked_with_get(
         service = await _service(
             service_factory, ("nohead", registry.url, None, {}), circuit_failure_threshold=1
         )
-        for _ in range(2):  # and it does not count against the circuit
-            reply = await service.resolve("r", "library/alpine/manifests/latest")
+        for _ in range(2):  # and it does not count against the circuit (refresh: re-checked)
+            reply = await service.resolve("r", "library/alpine/manifests/latest", refresh=True)
             assert reply.attempts[0].outcome == Outcome.ATTEMPT_OUTCOME_FOUND
             assert reply.digest == DIGEST
         methods = [s.method for s in registry.seen if "/manifests/" in s.path]

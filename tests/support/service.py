@@ -90,9 +90,9 @@ class Service:
         return await self.stub.GetAuthHeaders(request, timeout=timeout)
 
     async def resolve(
-        self, registry_id: str, path: str, timeout: float = 15
+        self, registry_id: str, path: str, timeout: float = 15, *, refresh: bool = False
     ) -> pb.ResolveUpstreamResponse:
-        request = pb.ResolveUpstreamRequest(registry_id=registry_id, path=path)
+        request = pb.ResolveUpstreamRequest(registry_id=registry_id, path=path, refresh=refresh)
         return await self.stub.ResolveUpstream(request, timeout=timeout)
 
     async def close(self) -> None:

@@ -98,7 +98,10 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
                     "registry", request.registry_id, self._resolver.config.registries
                 ),
                 lambda: self._resolver.resolve_upstream(
-                    request.registry_id, request.path, caller_remaining=context.time_remaining()
+                    request.registry_id,
+                    request.path,
+                    caller_remaining=context.time_remaining(),
+                    refresh=request.refresh,
                 ),
                 lambda found: access.require_group(
                     "registry", request.registry_id, found.hit.member.upstream.group
@@ -108,7 +111,7 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         hit = resolution.hit
         upstream = hit.member.upstream
         self._disclosed("ResolveUpstream", upstream, upstream.id, _scheme_of(hit.headers))
-        return pb.ResolveUpstreamResponse(
+        response = pb.ResolveUpstreamResponse(
             upstream=pb.Upstream(
                 id=upstream.id,
                 name=upstream.name,
@@ -122,7 +125,12 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
             media_type=hit.media_type,
             size=hit.size,
             attempts=attempts_to_pb(resolution.attempts),
+            cache_hit=resolution.cache_hit,
+            stale=resolution.stale,
         )
+        if resolution.checked_at:
+            response.checked_at.CopyFrom(timestamp(resolution.checked_at))
+        return response
 
     def _require_upstream(self, upstream_id: str) -> None:
         access.require_id("upstream", upstream_id, self._resolver.config.upstreams)

@@ -342,7 +342,10 @@ type ResolveUpstreamRequest struct {
 	RegistryId string `protobuf:"bytes,1,opt,name=registry_id,json=registryId,proto3" json:"registry_id,omitempty"`
 	// A path below /v2/: "<name>/manifests/<reference>", "<name>/blobs/<digest>",
 	// "<name>/tags/list" or "<name>/referrers/<digest>".
-	Path          string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Check the upstreams even when a cached answer exists (the fresh answer
+	// then replaces the cached one).
+	Refresh       bool `protobuf:"varint,3,opt,name=refresh,proto3" json:"refresh,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -389,6 +392,13 @@ func (x *ResolveUpstreamRequest) GetPath() string {
 		return x.Path
 	}
 	return ""
+}
+
+func (x *ResolveUpstreamRequest) GetRefresh() bool {
+	if x != nil {
+		return x.Refresh
+	}
+	return false
 }
 
 // Upstream identifies an upstream and its place in a registry.
@@ -601,8 +611,18 @@ type ResolveUpstreamResponse struct {
 	MediaType string `protobuf:"bytes,5,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
 	// The Content-Length the upstream reported; -1 when it sent none.
 	Size int64 `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
-	// Every upstream's outcome, in position order.
-	Attempts      []*UpstreamAttempt `protobuf:"bytes,7,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	// Every upstream's outcome, in position order. On a cache hit, the outcomes
+	// of the check that produced the cached answer.
+	Attempts []*UpstreamAttempt `protobuf:"bytes,7,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	// True when the answer came from the resolution cache rather than from
+	// checking the upstreams for this call. The headers are fresh either way.
+	CacheHit bool `protobuf:"varint,8,opt,name=cache_hit,json=cacheHit,proto3" json:"cache_hit,omitempty"`
+	// True when the cached answer had expired and re-checking found every
+	// needed upstream unavailable or rate-limited, so the last known answer is
+	// served (for up to the server's stale_if_error_seconds).
+	Stale bool `protobuf:"varint,9,opt,name=stale,proto3" json:"stale,omitempty"`
+	// When an upstream last confirmed this answer.
+	CheckedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=checked_at,json=checkedAt,proto3" json:"checked_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -686,6 +706,27 @@ func (x *ResolveUpstreamResponse) GetAttempts() []*UpstreamAttempt {
 	return nil
 }
 
+func (x *ResolveUpstreamResponse) GetCacheHit() bool {
+	if x != nil {
+		return x.CacheHit
+	}
+	return false
+}
+
+func (x *ResolveUpstreamResponse) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+func (x *ResolveUpstreamResponse) GetCheckedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CheckedAt
+	}
+	return nil
+}
+
 // ResolveUpstreamFailure is attached to the google.rpc.Status details of a
 // failed ResolveUpstream, so callers can see why each upstream did not serve.
 type ResolveUpstreamFailure struct {
@@ -757,11 +798,12 @@ const file_vregistry_v1_upstream_service_proto_rawDesc = "" +
 	"\x06scheme\x18\x04 \x01(\tR\x06scheme\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"g\n" +
 	"\x16ResolveUpstreamRequest\x12\x1f\n" +
 	"\vregistry_id\x18\x01 \x01(\tR\n" +
 	"registryId\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\x8e\x01\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
+	"\arefresh\x18\x03 \x01(\bR\arefresh\"\x8e\x01\n" +
 	"\bUpstream\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
@@ -779,7 +821,7 @@ const file_vregistry_v1_upstream_service_proto_rawDesc = "" +
 	"\bposition\x18\x05 \x01(\x05R\bposition\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12.\n" +
 	"\x13retry_after_seconds\x18\a \x01(\x05R\x11retryAfterSeconds\x12\x16\n" +
-	"\x06reason\x18\b \x01(\tR\x06reason\"\xef\x02\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\"\xdd\x03\n" +
 	"\x17ResolveUpstreamResponse\x122\n" +
 	"\bupstream\x18\x01 \x01(\v2\x16.vregistry.v1.UpstreamR\bupstream\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12L\n" +
@@ -788,7 +830,12 @@ const file_vregistry_v1_upstream_service_proto_rawDesc = "" +
 	"\n" +
 	"media_type\x18\x05 \x01(\tR\tmediaType\x12\x12\n" +
 	"\x04size\x18\x06 \x01(\x03R\x04size\x129\n" +
-	"\battempts\x18\a \x03(\v2\x1d.vregistry.v1.UpstreamAttemptR\battempts\x1a:\n" +
+	"\battempts\x18\a \x03(\v2\x1d.vregistry.v1.UpstreamAttemptR\battempts\x12\x1b\n" +
+	"\tcache_hit\x18\b \x01(\bR\bcacheHit\x12\x14\n" +
+	"\x05stale\x18\t \x01(\bR\x05stale\x129\n" +
+	"\n" +
+	"checked_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcheckedAt\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
@@ -844,18 +891,19 @@ var file_vregistry_v1_upstream_service_proto_depIdxs = []int32{
 	6,  // 3: vregistry.v1.ResolveUpstreamResponse.upstream:type_name -> vregistry.v1.Upstream
 	11, // 4: vregistry.v1.ResolveUpstreamResponse.headers:type_name -> vregistry.v1.ResolveUpstreamResponse.HeadersEntry
 	7,  // 5: vregistry.v1.ResolveUpstreamResponse.attempts:type_name -> vregistry.v1.UpstreamAttempt
-	7,  // 6: vregistry.v1.ResolveUpstreamFailure.attempts:type_name -> vregistry.v1.UpstreamAttempt
-	1,  // 7: vregistry.v1.UpstreamService.UrlFor:input_type -> vregistry.v1.UrlForRequest
-	3,  // 8: vregistry.v1.UpstreamService.GetAuthHeaders:input_type -> vregistry.v1.GetAuthHeadersRequest
-	5,  // 9: vregistry.v1.UpstreamService.ResolveUpstream:input_type -> vregistry.v1.ResolveUpstreamRequest
-	2,  // 10: vregistry.v1.UpstreamService.UrlFor:output_type -> vregistry.v1.UrlForResponse
-	4,  // 11: vregistry.v1.UpstreamService.GetAuthHeaders:output_type -> vregistry.v1.GetAuthHeadersResponse
-	8,  // 12: vregistry.v1.UpstreamService.ResolveUpstream:output_type -> vregistry.v1.ResolveUpstreamResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	12, // 6: vregistry.v1.ResolveUpstreamResponse.checked_at:type_name -> google.protobuf.Timestamp
+	7,  // 7: vregistry.v1.ResolveUpstreamFailure.attempts:type_name -> vregistry.v1.UpstreamAttempt
+	1,  // 8: vregistry.v1.UpstreamService.UrlFor:input_type -> vregistry.v1.UrlForRequest
+	3,  // 9: vregistry.v1.UpstreamService.GetAuthHeaders:input_type -> vregistry.v1.GetAuthHeadersRequest
+	5,  // 10: vregistry.v1.UpstreamService.ResolveUpstream:input_type -> vregistry.v1.ResolveUpstreamRequest
+	2,  // 11: vregistry.v1.UpstreamService.UrlFor:output_type -> vregistry.v1.UrlForResponse
+	4,  // 12: vregistry.v1.UpstreamService.GetAuthHeaders:output_type -> vregistry.v1.GetAuthHeadersResponse
+	8,  // 13: vregistry.v1.UpstreamService.ResolveUpstream:output_type -> vregistry.v1.ResolveUpstreamResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_vregistry_v1_upstream_service_proto_init() }

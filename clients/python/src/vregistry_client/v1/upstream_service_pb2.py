@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#vregistry/v1/upstream_service.proto\x12\x0cvregistry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\rUrlForRequest\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x1d\n\x0eUrlForResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"K\n\x15GetAuthHeadersRequest\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x03 \x03(\t\"\xdf\x01\n\x16GetAuthHeadersResponse\x12\x42\n\x07headers\x18\x01 \x03(\x0b\x32\x31.vregistry.v1.GetAuthHeadersResponse.HeadersEntry\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x0e\n\x06scheme\x18\x04 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x16ResolveUpstreamRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"a\n\x08Upstream\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\x05\x12\x1c\n\x14\x63\x61\x63he_validity_hours\x18\x05 \x01(\x05\"\xce\x01\n\x0fUpstreamAttempt\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.vregistry.v1.AttemptOutcome\x12\x13\n\x0bhttp_status\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x10\n\x08position\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x07 \x01(\x05\x12\x0e\n\x06reason\x18\x08 \x01(\t\"\xa8\x02\n\x17ResolveUpstreamResponse\x12(\n\x08upstream\x18\x01 \x01(\x0b\x32\x16.vregistry.v1.Upstream\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x43\n\x07headers\x18\x03 \x03(\x0b\x32\x32.vregistry.v1.ResolveUpstreamResponse.HeadersEntry\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x12\n\nmedia_type\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12/\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1d.vregistry.v1.UpstreamAttempt\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x16ResolveUpstreamFailure\x12/\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x1d.vregistry.v1.UpstreamAttempt*\xf0\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41TTEMPT_OUTCOME_FOUND\x10\x01\x12\x1d\n\x19\x41TTEMPT_OUTCOME_NOT_FOUND\x10\x02\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_AUTH_FAILED\x10\x03\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNAVAILABLE\x10\x04\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_NOT_CHECKED\x10\x05\x12 \n\x1c\x41TTEMPT_OUTCOME_RATE_LIMITED\x10\x06\x32\x93\x02\n\x0fUpstreamService\x12\x43\n\x06UrlFor\x12\x1b.vregistry.v1.UrlForRequest\x1a\x1c.vregistry.v1.UrlForResponse\x12[\n\x0eGetAuthHeaders\x12#.vregistry.v1.GetAuthHeadersRequest\x1a$.vregistry.v1.GetAuthHeadersResponse\x12^\n\x0fResolveUpstream\x12$.vregistry.v1.ResolveUpstreamRequest\x1a%.vregistry.v1.ResolveUpstreamResponseBr\n\x10\x64\x65v.vregistry.v1B\x14UpstreamServiceProtoP\x01ZFgithub.com/vregistry/vregistry/clients/go/gen/vregistry/v1;vregistryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#vregistry/v1/upstream_service.proto\x12\x0cvregistry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\rUrlForRequest\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x1d\n\x0eUrlForResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"K\n\x15GetAuthHeadersRequest\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x03 \x03(\t\"\xdf\x01\n\x16GetAuthHeadersResponse\x12\x42\n\x07headers\x18\x01 \x03(\x0b\x32\x31.vregistry.v1.GetAuthHeadersResponse.HeadersEntry\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x0e\n\x06scheme\x18\x04 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x16ResolveUpstreamRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07refresh\x18\x03 \x01(\x08\"a\n\x08Upstream\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\x05\x12\x1c\n\x14\x63\x61\x63he_validity_hours\x18\x05 \x01(\x05\"\xce\x01\n\x0fUpstreamAttempt\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12-\n\x07outcome\x18\x02 \x01(\x0e\x32\x1c.vregistry.v1.AttemptOutcome\x12\x13\n\x0bhttp_status\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x10\n\x08position\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x07 \x01(\x05\x12\x0e\n\x06reason\x18\x08 \x01(\t\"\xfa\x02\n\x17ResolveUpstreamResponse\x12(\n\x08upstream\x18\x01 \x01(\x0b\x32\x16.vregistry.v1.Upstream\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x43\n\x07headers\x18\x03 \x03(\x0b\x32\x32.vregistry.v1.ResolveUpstreamResponse.HeadersEntry\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x12\n\nmedia_type\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12/\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x1d.vregistry.v1.UpstreamAttempt\x12\x11\n\tcache_hit\x18\x08 \x01(\x08\x12\r\n\x05stale\x18\t \x01(\x08\x12.\n\nchecked_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x16ResolveUpstreamFailure\x12/\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x1d.vregistry.v1.UpstreamAttempt*\xf0\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41TTEMPT_OUTCOME_FOUND\x10\x01\x12\x1d\n\x19\x41TTEMPT_OUTCOME_NOT_FOUND\x10\x02\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_AUTH_FAILED\x10\x03\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNAVAILABLE\x10\x04\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_NOT_CHECKED\x10\x05\x12 \n\x1c\x41TTEMPT_OUTCOME_RATE_LIMITED\x10\x06\x32\x93\x02\n\x0fUpstreamService\x12\x43\n\x06UrlFor\x12\x1b.vregistry.v1.UrlForRequest\x1a\x1c.vregistry.v1.UrlForResponse\x12[\n\x0eGetAuthHeaders\x12#.vregistry.v1.GetAuthHeadersRequest\x1a$.vregistry.v1.GetAuthHeadersResponse\x12^\n\x0fResolveUpstream\x12$.vregistry.v1.ResolveUpstreamRequest\x1a%.vregistry.v1.ResolveUpstreamResponseBr\n\x10\x64\x65v.vregistry.v1B\x14UpstreamServiceProtoP\x01ZFgithub.com/vregistry/vregistry/clients/go/gen/vregistry/v1;vregistryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETAUTHHEADERSRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_RESOLVEUPSTREAMRESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_RESOLVEUPSTREAMRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_ATTEMPTOUTCOME']._serialized_start=1216
-  _globals['_ATTEMPTOUTCOME']._serialized_end=1456
+  _globals['_ATTEMPTOUTCOME']._serialized_start=1315
+  _globals['_ATTEMPTOUTCOME']._serialized_end=1555
   _globals['_URLFORREQUEST']._serialized_start=86
   _globals['_URLFORREQUEST']._serialized_end=136
   _globals['_URLFORRESPONSE']._serialized_start=138
@@ -50,17 +50,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETAUTHHEADERSRESPONSE_HEADERSENTRY']._serialized_start=424
   _globals['_GETAUTHHEADERSRESPONSE_HEADERSENTRY']._serialized_end=470
   _globals['_RESOLVEUPSTREAMREQUEST']._serialized_start=472
-  _globals['_RESOLVEUPSTREAMREQUEST']._serialized_end=531
-  _globals['_UPSTREAM']._serialized_start=533
-  _globals['_UPSTREAM']._serialized_end=630
-  _globals['_UPSTREAMATTEMPT']._serialized_start=633
-  _globals['_UPSTREAMATTEMPT']._serialized_end=839
-  _globals['_RESOLVEUPSTREAMRESPONSE']._serialized_start=842
-  _globals['_RESOLVEUPSTREAMRESPONSE']._serialized_end=1138
+  _globals['_RESOLVEUPSTREAMREQUEST']._serialized_end=548
+  _globals['_UPSTREAM']._serialized_start=550
+  _globals['_UPSTREAM']._serialized_end=647
+  _globals['_UPSTREAMATTEMPT']._serialized_start=650
+  _globals['_UPSTREAMATTEMPT']._serialized_end=856
+  _globals['_RESOLVEUPSTREAMRESPONSE']._serialized_start=859
+  _globals['_RESOLVEUPSTREAMRESPONSE']._serialized_end=1237
   _globals['_RESOLVEUPSTREAMRESPONSE_HEADERSENTRY']._serialized_start=424
   _globals['_RESOLVEUPSTREAMRESPONSE_HEADERSENTRY']._serialized_end=470
-  _globals['_RESOLVEUPSTREAMFAILURE']._serialized_start=1140
-  _globals['_RESOLVEUPSTREAMFAILURE']._serialized_end=1213
-  _globals['_UPSTREAMSERVICE']._serialized_start=1459
-  _globals['_UPSTREAMSERVICE']._serialized_end=1734
+  _globals['_RESOLVEUPSTREAMFAILURE']._serialized_start=1239
+  _globals['_RESOLVEUPSTREAMFAILURE']._serialized_end=1312
+  _globals['_UPSTREAMSERVICE']._serialized_start=1558
+  _globals['_UPSTREAMSERVICE']._serialized_end=1833
 # @@protoc_insertion_point(module_scope)

@@ -224,21 +224,27 @@ class ResolveUpstreamRequest(_message.Message):
 
     REGISTRY_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    REFRESH_FIELD_NUMBER: _builtins.int
     registry_id: _builtins.str
     """The configured id of the registry."""
     path: _builtins.str
     """A path below /v2/: "<name>/manifests/<reference>", "<name>/blobs/<digest>",
     "<name>/tags/list" or "<name>/referrers/<digest>".
     """
+    refresh: _builtins.bool
+    """Check the upstreams even when a cached answer exists (the fresh answer
+    then replaces the cached one).
+    """
     def __init__(
         self,
         *,
         registry_id: _builtins.str = ...,
         path: _builtins.str = ...,
+        refresh: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "registry_id", b"registry_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "refresh", b"refresh", "registry_id", b"registry_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -371,6 +377,9 @@ class ResolveUpstreamResponse(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    CHECKED_AT_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """The absolute URL of the path on that upstream."""
     digest: _builtins.str
@@ -379,6 +388,15 @@ class ResolveUpstreamResponse(_message.Message):
     """The Content-Type the upstream reported."""
     size: _builtins.int
     """The Content-Length the upstream reported; -1 when it sent none."""
+    cache_hit: _builtins.bool
+    """True when the answer came from the resolution cache rather than from
+    checking the upstreams for this call. The headers are fresh either way.
+    """
+    stale: _builtins.bool
+    """True when the cached answer had expired and re-checking found every
+    needed upstream unavailable or rate-limited, so the last known answer is
+    served (for up to the server's stale_if_error_seconds).
+    """
     @_builtins.property
     def upstream(self) -> Global___Upstream:
         """The upstream that has the path."""
@@ -389,7 +407,13 @@ class ResolveUpstreamResponse(_message.Message):
 
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpstreamAttempt]:
-        """Every upstream's outcome, in position order."""
+        """Every upstream's outcome, in position order. On a cache hit, the outcomes
+        of the check that produced the cached answer.
+        """
+
+    @_builtins.property
+    def checked_at(self) -> _timestamp_pb2.Timestamp:
+        """When an upstream last confirmed this answer."""
 
     def __init__(
         self,
@@ -401,10 +425,13 @@ class ResolveUpstreamResponse(_message.Message):
         media_type: _builtins.str = ...,
         size: _builtins.int = ...,
         attempts: _abc.Iterable[Global___UpstreamAttempt] | None = ...,
+        cache_hit: _builtins.bool = ...,
+        stale: _builtins.bool = ...,
+        checked_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["upstream", b"upstream"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "upstream", b"upstream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "digest", b"digest", "headers", b"headers", "media_type", b"media_type", "size", b"size", "upstream", b"upstream", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "checked_at", b"checked_at", "digest", b"digest", "headers", b"headers", "media_type", b"media_type", "size", b"size", "stale", b"stale", "upstream", b"upstream", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

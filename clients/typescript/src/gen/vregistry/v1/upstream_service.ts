@@ -165,6 +165,11 @@ export interface ResolveUpstreamRequest {
    * "<name>/tags/list" or "<name>/referrers/<digest>".
    */
   path: string;
+  /**
+   * Check the upstreams even when a cached answer exists (the fresh answer
+   * then replaces the cached one).
+   */
+  refresh: boolean;
 }
 
 /** Upstream identifies an upstream and its place in a registry. */
@@ -225,8 +230,24 @@ export interface ResolveUpstreamResponse {
   mediaType: string;
   /** The Content-Length the upstream reported; -1 when it sent none. */
   size: number;
-  /** Every upstream's outcome, in position order. */
+  /**
+   * Every upstream's outcome, in position order. On a cache hit, the outcomes
+   * of the check that produced the cached answer.
+   */
   attempts: UpstreamAttempt[];
+  /**
+   * True when the answer came from the resolution cache rather than from
+   * checking the upstreams for this call. The headers are fresh either way.
+   */
+  cacheHit: boolean;
+  /**
+   * True when the cached answer had expired and re-checking found every
+   * needed upstream unavailable or rate-limited, so the last known answer is
+   * served (for up to the server's stale_if_error_seconds).
+   */
+  stale: boolean;
+  /** When an upstream last confirmed this answer. */
+  checkedAt: Date | undefined;
 }
 
 export interface ResolveUpstreamResponse_HeadersEntry {
@@ -749,7 +770,7 @@ export const GetAuthHeadersResponse_HeadersEntry: MessageFns<GetAuthHeadersRespo
 };
 
 function createBaseResolveUpstreamRequest(): ResolveUpstreamRequest {
-  return { registryId: "", path: "" };
+  return { registryId: "", path: "", refresh: false };
 }
 
 export const ResolveUpstreamRequest: MessageFns<ResolveUpstreamRequest> = {
@@ -759,6 +780,9 @@ export const ResolveUpstreamRequest: MessageFns<ResolveUpstreamRequest> = {
     }
     if (message.path !== "") {
       writer.uint32(18).string(message.path);
+    }
+    if (message.refresh !== false) {
+      writer.uint32(24).bool(message.refresh);
     }
     return writer;
   },
@@ -792,6 +816,14 @@ export const ResolveUpstreamRequest: MessageFns<ResolveUpstreamRequest> = {
             message.path = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.refresh = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -812,6 +844,7 @@ export const ResolveUpstreamRequest: MessageFns<ResolveUpstreamRequest> = {
         ? globalThis.String(object.registry_id)
         : "",
       path: isSet(object.path) ? globalThis.String(object.path) : "",
+      refresh: isSet(object.refresh) ? globalThis.Boolean(object.refresh) : false,
     };
   },
 
@@ -823,6 +856,9 @@ export const ResolveUpstreamRequest: MessageFns<ResolveUpstreamRequest> = {
     if (message.path !== "") {
       obj.path = message.path;
     }
+    if (message.refresh !== false) {
+      obj.refresh = message.refresh;
+    }
     return obj;
   },
 
@@ -833,6 +869,7 @@ export const ResolveUpstreamRequest: MessageFns<ResolveUpstreamRequest> = {
     const message = createBaseResolveUpstreamRequest();
     message.registryId = object.registryId ?? "";
     message.path = object.path ?? "";
+    message.refresh = object.refresh ?? false;
     return message;
   },
 };
@@ -1181,7 +1218,18 @@ export const UpstreamAttempt: MessageFns<UpstreamAttempt> = {
 };
 
 function createBaseResolveUpstreamResponse(): ResolveUpstreamResponse {
-  return { upstream: undefined, url: "", headers: {}, digest: "", mediaType: "", size: 0, attempts: [] };
+  return {
+    upstream: undefined,
+    url: "",
+    headers: {},
+    digest: "",
+    mediaType: "",
+    size: 0,
+    attempts: [],
+    cacheHit: false,
+    stale: false,
+    checkedAt: undefined,
+  };
 }
 
 export const ResolveUpstreamResponse: MessageFns<ResolveUpstreamResponse> = {
@@ -1206,6 +1254,15 @@ export const ResolveUpstreamResponse: MessageFns<ResolveUpstreamResponse> = {
     }
     for (const v of message.attempts) {
       UpstreamAttempt.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.cacheHit !== false) {
+      writer.uint32(64).bool(message.cacheHit);
+    }
+    if (message.stale !== false) {
+      writer.uint32(72).bool(message.stale);
+    }
+    if (message.checkedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.checkedAt), writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -1282,6 +1339,30 @@ export const ResolveUpstreamResponse: MessageFns<ResolveUpstreamResponse> = {
             message.attempts.push(UpstreamAttempt.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.cacheHit = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.stale = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.checkedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1322,6 +1403,17 @@ export const ResolveUpstreamResponse: MessageFns<ResolveUpstreamResponse> = {
       attempts: globalThis.Array.isArray(object?.attempts)
         ? object.attempts.map((e: any) => UpstreamAttempt.fromJSON(e))
         : [],
+      cacheHit: isSet(object.cacheHit)
+        ? globalThis.Boolean(object.cacheHit)
+        : isSet(object.cache_hit)
+        ? globalThis.Boolean(object.cache_hit)
+        : false,
+      stale: isSet(object.stale) ? globalThis.Boolean(object.stale) : false,
+      checkedAt: isSet(object.checkedAt)
+        ? fromJsonTimestamp(object.checkedAt)
+        : isSet(object.checked_at)
+        ? fromJsonTimestamp(object.checked_at)
+        : undefined,
     };
   },
 
@@ -1354,6 +1446,15 @@ export const ResolveUpstreamResponse: MessageFns<ResolveUpstreamResponse> = {
     if (message.attempts?.length) {
       obj.attempts = message.attempts.map((e) => UpstreamAttempt.toJSON(e));
     }
+    if (message.cacheHit !== false) {
+      obj.cacheHit = message.cacheHit;
+    }
+    if (message.stale !== false) {
+      obj.stale = message.stale;
+    }
+    if (message.checkedAt !== undefined) {
+      obj.checkedAt = message.checkedAt.toISOString();
+    }
     return obj;
   },
 
@@ -1379,6 +1480,9 @@ export const ResolveUpstreamResponse: MessageFns<ResolveUpstreamResponse> = {
     message.mediaType = object.mediaType ?? "";
     message.size = object.size ?? 0;
     message.attempts = object.attempts?.map((e) => UpstreamAttempt.fromPartial(e)) || [];
+    message.cacheHit = object.cacheHit ?? false;
+    message.stale = object.stale ?? false;
+    message.checkedAt = object.checkedAt ?? undefined;
     return message;
   },
 };
