@@ -29,17 +29,18 @@ import grpc
 import yaml
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
 from vregistry_server.config import ConfigError, build_config, load_config
 from vregistry_server.model import Config
+from vregistry_server.redis_topology import parse_redis_url
 from vregistry_server.resolver import Resolver
 from vregistry_server.rpc.upstream_servicer import UpstreamServicer
 from vregistry_server.runtime import admin_setup
 from vregistry_server.runtime.logs import configure_logging
 from vregistry_server.runtime.metrics import PROMETHEUS, serve_metrics
+from vregistry_server.runtime.reflection import enable_reflection
 from vregistry_server.runtime.tracing import TracingUnavailable, enable_tracing
 from vregistry_server.runtime.workers import reserve_port, run_workers, split_listen
 
@@ -48,6 +49,8 @@ log = logging.getLogger("vregistry_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["UpstreamService"].full_name
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024
+# The subcommand that validates the configuration without serving.
+CHECK_CONFIG = "check-config"
 
 
 @dataclass
@@ -99,14 +102,10 @@ async def start_server(
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     admin_services = admin.register(server) if admin is not None else []
-    reflection.enable_server_reflection(
-        [
-            SERVICE_NAME,
-            *admin_services,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
+    # Reflection as v1 and v1alpha (runtime/reflection.py adds both reflection services).
+    enable_reflection(
         server,
+        [SERVICE_NAME, *admin_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
     )
     if admin is not None and admin.credentials is not None:
         port = server.add_secure_port(listen, admin.credentials)
@@ -193,10 +192,15 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str = "vregistry-server"
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="vregistry-server",
+        prog=prog,
         description="gRPC service that resolves container-registry upstreams for a virtual registry.",
+        epilog=f"vregistry-server {CHECK_CONFIG} [the same flags]: check the configuration "
+        "(and the callers file, TLS files and flags) as at start, print a summary and exit "
+        "0, or print the reason and exit 2, without serving.",
     )
     env = os.environ
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -257,6 +261,11 @@ def load(args: argparse.Namespace) -> Config:
     else:
         text = resources.files("vregistry_server").joinpath("default_config.yaml").read_text()
         config = build_config(yaml.safe_load(text), source="<embedded default config>")
+    if args.redis_url:
+        try:
+            parse_redis_url(args.redis_url)  # the file's settings.redis_url: config.py checks it
+        except ValueError as exc:
+            raise ConfigError(f"--redis-url (env VREGISTRY_REDIS_URL): {exc}") from None
     settings = dataclasses.replace(
         config.settings,
         listen=args.listen or config.settings.listen,
@@ -265,42 +274,81 @@ def load(args: argparse.Namespace) -> Config:
     return dataclasses.replace(config, settings=settings)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging(args.log_level)
+class StartupError(Exception):
+    """The server cannot start as asked (exit code 2); the message says why."""
+
+
+def prepare(args: argparse.Namespace) -> tuple[Config, admin_setup.AdminOptions]:
+    """Every check made at start before anything is served: the config, the callers file, the
+    admin and TLS flags, workers, fail-closed. ``main`` and ``check-config`` both run it, so
+    both refuse the same things with the same messages."""
     try:
         config = load(args)
     except ConfigError as exc:
-        print(f"vregistry-server: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+        raise StartupError(f"invalid configuration:\n{exc}") from None
     try:
         admin_options = admin_setup.options_from_args(args, config)
     except admin_setup.AdminSetupError as exc:
-        print(f"vregistry-server: {exc}", file=sys.stderr)
-        return 2
+        raise StartupError(str(exc)) from None
     if args.workers < 1:
-        print("vregistry-server: --workers must be at least 1", file=sys.stderr)
-        return 2
+        raise StartupError("--workers must be at least 1")
     if args.workers > 1 and admin_options.store == "memory":
         # Each worker is its own process with its own MemoryStore: a ConfigService write
         # would reach the one worker that took the call, and the others keep serving the
         # old configuration.
-        print(
-            f"vregistry-server: --store memory cannot be used with --workers {args.workers}: "
+        raise StartupError(
+            f"--store memory cannot be used with --workers {args.workers}: "
             "every worker would keep its own configuration and a ConfigService change would "
             "reach only one of them; use --store sqlite --data-dir DIR or --store redis "
-            "(shared by all workers), or --workers 1",
-            file=sys.stderr,
+            "(shared by all workers), or --workers 1"
         )
-        return 2
     try:
         # Before any port is bound or any worker forked.
         admin_setup.check_fail_closed(admin_options, config.settings.listen)
     except admin_setup.AdminSetupError as exc:
+        raise StartupError(str(exc)) from None
+    if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise StartupError("--loop uvloop needs the uvloop package")
+    return config, admin_options
+
+
+def check_config(argv: Sequence[str]) -> int:
+    """``vregistry-server check-config [flags]``: the start-up checks (``prepare``) with the
+    same flags and environment, then exit: 0 with a summary on stdout, 2 with the message
+    start-up would print. Nothing is served and no port is opened (like ``nginx -t``)."""
+    args = parse_args(argv, prog=f"vregistry-server {CHECK_CONFIG}")
+    configure_logging(args.log_level)
+    try:
+        config, admin_options = prepare(args)
+    except StartupError as exc:
         print(f"vregistry-server: {exc}", file=sys.stderr)
         return 2
-    if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        print("vregistry-server: --loop uvloop needs the uvloop package", file=sys.stderr)
+    # --otel needs its extra, as at start (nothing is exported: no span is ever made here).
+    # --metrics-listen is not bound: binding it is the only check start-up makes of it.
+    if not _start_tracing(args.otel):
+        return 2
+    callers = admin_options.callers
+    print(
+        f"vregistry-server: configuration OK: {config.source}: "
+        f"upstreams {len(config.upstreams)}, registries {len(config.registries)}; "
+        f"listen {config.settings.listen}; "
+        f"token cache {'redis' if config.settings.redis_url else 'memory'}; "
+        f"store {admin_options.store or 'off'}; tls {admin_options.tls_mode}; "
+        f"callers {f'{args.callers_file} ({len(callers)})' if callers is not None else 'off'}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == [CHECK_CONFIG]:
+        return check_config(arguments[1:])
+    args = parse_args(arguments)
+    configure_logging(args.log_level)
+    try:
+        config, admin_options = prepare(args)
+    except StartupError as exc:
+        print(f"vregistry-server: {exc}", file=sys.stderr)
         return 2
     if args.workers == 1:
         if not _start_metrics(args.metrics_listen, 0) or not _start_tracing(args.otel):
