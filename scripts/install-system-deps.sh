@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite starts: redis-server and Debian's
-# docker-registry (distribution 2.8). Skips apt when both are already there.
+# docker-registry (distribution 2.8); and buildah + mmdebstrap, which build and run the
+# container image without a Docker engine (scripts/test-image.sh). Skips apt when all are there.
 set -euo pipefail
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 SUDO=""
