@@ -4,7 +4,7 @@
 #   scripts/gen_clients.sh           rewrite the committed stubs in place
 #   scripts/gen_clients.sh --check   regenerate into a temp dir; exit 1 with a diff summary
 #                                    when the committed stubs differ (CI runs this via make lint)
-#   scripts/gen_clients.sh [--check] go python typescript
+#   scripts/gen_clients.sh [--check] go python typescript java
 #                                    only those languages (default: all of them)
 #
 # What is generated, and by what (every version pinned, so the output is byte-for-byte
@@ -17,6 +17,9 @@
 #   clients/typescript/src/gen/             clients/typescript/generate.sh (its own pins in
 #                                           package-lock.json), when that script exists
 #   clients/java                            nothing: the protobuf Maven plugin generates at build
+#
+# Copied, not generated: clients/service_config.json (the one gRPC service config) into each
+# client's package (the SC_COPIES list below); --check reports a copy that differs.
 set -euo pipefail
 
 PROTOC_GEN_GO_VERSION=v1.36.12     # google.golang.org/protobuf/cmd/protoc-gen-go
@@ -33,18 +36,19 @@ PY_GEN_REL="src/vregistry_client/v1"
 PY_DIR="$ROOT/clients/python"
 TS_DIR="$ROOT/clients/typescript"
 TS_GEN_REL="src/gen"  # generate.sh's default output directory
+JAVA_DIR="$ROOT/clients/java"
 
 mode="write"
 LANGS=()
 for arg in "$@"; do
   case "$arg" in
     --check) mode="check" ;;
-    go | python | typescript) LANGS+=("$arg") ;;
+    go | python | typescript | java) LANGS+=("$arg") ;;
     -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--check] [go] [python] [typescript]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--check] [go] [python] [typescript] [java]" >&2; exit 2 ;;
   esac
 done
-[ "${#LANGS[@]}" -gt 0 ] || LANGS=(go python typescript)
+[ "${#LANGS[@]}" -gt 0 ] || LANGS=(go python typescript java)
 wants() { [[ " ${LANGS[*]} " == *" $1 "* ]]; }
 
 die() { echo "gen_clients: $*" >&2; exit 1; }
@@ -163,6 +167,17 @@ wants go && PAIRS+=("go/$GO_GEN_REL|$GO_DIR/$GO_GEN_REL")
 wants python && PAIRS+=("python/$PY_GEN_REL|$PY_DIR/$PY_GEN_REL")
 [ -d "$TMP/typescript" ] && PAIRS+=("typescript|$TS_DIR/$TS_GEN_REL")
 
+# The gRPC service config (retry of UNAVAILABLE, round_robin) has one definition,
+# clients/service_config.json; each client ships a byte-for-byte copy inside its package.
+SERVICE_CONFIG="$ROOT/clients/service_config.json"
+SC_COPIES=()
+wants go && SC_COPIES+=("$GO_DIR/client/service_config.json")
+wants python && SC_COPIES+=("$PY_DIR/src/vregistry_client/service_config.json")
+# TypeScript imports it as a JSON module (tsconfig resolveJsonModule; tsc emits it into dist/).
+wants typescript && SC_COPIES+=("$TS_DIR/src/service_config.json")
+# Java reads it from the classpath, next to VRegistryClient.class in the jar.
+wants java && SC_COPIES+=("$JAVA_DIR/src/main/resources/dev/vregistry/client/service_config.json")
+
 if [ "$mode" = "write" ]; then
   for pair in "${PAIRS[@]}"; do
     generated="$TMP/${pair%%|*}"
@@ -171,6 +186,11 @@ if [ "$mode" = "write" ]; then
     mkdir -p "$committed"
     cp -R "$generated"/. "$committed"/
     echo "gen_clients: wrote ${committed#"$ROOT"/}"
+  done
+  for copy in "${SC_COPIES[@]}"; do
+    mkdir -p "$(dirname "$copy")"
+    cp "$SERVICE_CONFIG" "$copy"
+    echo "gen_clients: wrote ${copy#"$ROOT"/}"
   done
   exit 0
 fi
@@ -193,8 +213,14 @@ for pair in "${PAIRS[@]}"; do
       | head -n 40 | sed 's|^|    |' || true
   fi
 done
+for copy in "${SC_COPIES[@]}"; do
+  if ! cmp -s "$SERVICE_CONFIG" "$copy"; then
+    drift=1
+    echo "DRIFT: ${copy#"$ROOT"/} differs from clients/service_config.json"
+  fi
+done
 if [ "$drift" -ne 0 ]; then
-  echo "gen_clients --check: committed stubs drifted from protos/; run scripts/gen_clients.sh and commit the result" >&2
+  echo "gen_clients --check: committed stubs or service config copies drifted from protos/ or clients/service_config.json; run scripts/gen_clients.sh and commit the result" >&2
   exit 1
 fi
-echo "gen_clients --check: committed stubs match protos/ (${#PAIRS[@]} client(s))"
+echo "gen_clients --check: committed stubs match protos/ (${#PAIRS[@]} client(s)), service config copies match clients/service_config.json (${#SC_COPIES[@]})"

@@ -82,7 +82,9 @@ def stack(
                     },
                 ],
                 "registries": [{"id": "r", "name": "R", "upstreams": ["open", "token"]}],
-                "settings": {"shutdown_grace_seconds": 2},
+                # ConfigService is on (--data-dir) so the clients' admin APIs are tested too;
+                # upstreams created through it may reach the loopback fixtures.
+                "settings": {"shutdown_grace_seconds": 2, "egress_allow_cidrs": ["127.0.0.0/8"]},
             }
         )
     )
@@ -94,7 +96,10 @@ def stack(
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [SERVER, "--config", str(config), "--listen", target],
+            [
+                *(SERVER, "--config", str(config), "--listen", target),
+                *("--data-dir", str(workdir / "data"), "--allow-unauthenticated"),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -119,6 +124,15 @@ def stack(
             },
             "resolve_miss": {"registry_id": "r", "path": "public/missing/manifests/latest"},
             "invalid": {"upstream_id": "open", "path": "Library/Alpine/manifests/latest"},
+            # For each client's ConfigService test: ids prefixed by the language, in this group.
+            "config": {
+                "group": "clients",
+                "open_url": open_registry.url,
+                "token_url": token_registry.url,
+                "realm_allow_hosts": ["127.0.0.1"],
+                "hit_path": "public/alpine/manifests/latest",
+                "hit_digest": hit.digest,
+            },
         }
         stack_path = workdir / "stack.json"
         stack_path.write_text(json.dumps(data, indent=2) + "\n")

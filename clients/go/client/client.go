@@ -1,9 +1,16 @@
-// Package client is a small Go client for the vregistry UpstreamService.
+// Package client is a Go client for the vregistry UpstreamService and, through Config, the
+// ConfigService (the admin API).
 //
 //	c, err := client.New("127.0.0.1:50051", client.WithInsecure(), client.WithTimeout(5*time.Second))
 //	if err != nil { ... }
 //	defer c.Close()
 //	url, err := c.URLFor(ctx, "dockerhub", "library/alpine/manifests/latest")
+//	up, err := c.Config().CreateUpstream(ctx, "acme", "ghcr", &vregistryv1.UpstreamConfig{Url: "https://ghcr.io"})
+//
+// The connection uses the service config in service_config.json (a copy of
+// clients/service_config.json, the one definition for every vregistry client): calls that end
+// UNAVAILABLE are retried by gRPC (retryPolicy), and the addresses of a "dns:///host:port"
+// target (a Kubernetes headless Service) are used round-robin.
 //
 // Every method takes a context.Context; when it carries no deadline, the client's default
 // timeout applies (DefaultTimeout, 30 s; WithTimeout changes it). Failed calls return an *Error
@@ -15,12 +22,17 @@ package client
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	_ "embed"
 	"errors"
+	"fmt"
+	"os"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	vregistryv1 "github.com/vregistry/vregistry/clients/go/gen/vregistry/v1"
 )
@@ -31,17 +43,28 @@ import (
 // (UNAVAILABLE and the attempts) before the caller's deadline turns it into DEADLINE_EXCEEDED.
 const DefaultTimeout = 30 * time.Second
 
-// Client calls the UpstreamService over one gRPC connection. It is safe for concurrent use.
+// ServiceConfig is the gRPC service config every connection starts with (WithServiceConfig
+// replaces it): retries of UNAVAILABLE and round_robin load balancing.
+//
+//go:embed service_config.json
+var ServiceConfig string
+
+// Client calls the UpstreamService, and through Config the ConfigService, over one gRPC
+// connection. It is safe for concurrent use.
 type Client struct {
 	conn    *grpc.ClientConn
 	stub    vregistryv1.UpstreamServiceClient
+	config  *ConfigClient
 	timeout time.Duration
 }
 
 type options struct {
-	creds       credentials.TransportCredentials
-	timeout     time.Duration
-	dialOptions []grpc.DialOption
+	creds         credentials.TransportCredentials
+	tlsErr        error
+	timeout       time.Duration
+	token         string
+	serviceConfig string
+	dialOptions   []grpc.DialOption
 }
 
 // Option configures New.
@@ -67,6 +90,57 @@ func WithTransportCredentials(creds credentials.TransportCredentials) Option {
 	return func(o *options) { o.creds = creds }
 }
 
+// WithTLSFiles talks TLS trusting the CA in caFile (PEM; "" means the system roots) and, when
+// certFile and keyFile are given, presents that client certificate (mTLS). A file that cannot
+// be read or parsed makes New fail.
+func WithTLSFiles(caFile, certFile, keyFile string) Option {
+	return func(o *options) {
+		cfg, err := tlsConfigFromFiles(caFile, certFile, keyFile)
+		if err != nil {
+			o.tlsErr = err
+			return
+		}
+		o.creds = credentials.NewTLS(cfg)
+	}
+}
+
+func tlsConfigFromFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("vregistry: CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("vregistry: CA file %s holds no PEM certificate", caFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("vregistry: give both the client certificate and its key, or neither")
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("vregistry: client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// WithCallerToken sends "authorization: Bearer <token>" on every call (the caller token of
+// the server's --callers-file); CallerToken overrides it for one call.
+func WithCallerToken(token string) Option {
+	return func(o *options) { o.token = token }
+}
+
+// WithServiceConfig replaces ServiceConfig (a gRPC service config JSON document).
+func WithServiceConfig(json string) Option {
+	return func(o *options) { o.serviceConfig = json }
+}
+
 // WithTimeout sets the deadline of a call whose context has none; 0 disables it.
 func WithTimeout(d time.Duration) Option {
 	return func(o *options) { o.timeout = d }
@@ -80,20 +154,65 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // New creates a client for target ("host:port" or any gRPC target URI). Without WithInsecure,
 // WithTLS or WithTransportCredentials it uses TLS with the system roots. The connection is made
 // lazily, on the first call.
+//
+// A "dns:///host:port" target resolves every address of host and spreads calls over them
+// (round_robin, from the service config).
 func New(target string, opts ...Option) (*Client, error) {
-	o := options{timeout: DefaultTimeout}
+	o := options{timeout: DefaultTimeout, serviceConfig: ServiceConfig}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.tlsErr != nil {
+		return nil, o.tlsErr
 	}
 	if o.creds == nil {
 		o.creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
 	}
-	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(o.creds)}, o.dialOptions...)
+	dial := []grpc.DialOption{grpc.WithTransportCredentials(o.creds)}
+	if o.serviceConfig != "" {
+		dial = append(dial, grpc.WithDefaultServiceConfig(o.serviceConfig))
+	}
+	dial = append(dial, grpc.WithChainUnaryInterceptor(tokenInterceptor(o.token)))
+	dial = append(dial, o.dialOptions...)
 	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, stub: vregistryv1.NewUpstreamServiceClient(conn), timeout: o.timeout}, nil
+	c := &Client{conn: conn, stub: vregistryv1.NewUpstreamServiceClient(conn), timeout: o.timeout}
+	c.config = &ConfigClient{stub: vregistryv1.NewConfigServiceClient(conn), deadline: c.withDeadline}
+	return c, nil
+}
+
+// Config is the ConfigService client over the same connection (the admin API: role admin).
+func (c *Client) Config() *ConfigClient { return c.config }
+
+// callerToken is the per-call option CallerToken; tokenInterceptor reads it.
+type callerToken struct {
+	grpc.EmptyCallOption
+	token string
+}
+
+// CallerToken is a per-call option: send this caller token on this call only, in place of the
+// client's WithCallerToken ("" sends none).
+func CallerToken(token string) grpc.CallOption { return callerToken{token: token} }
+
+// tokenInterceptor sends "authorization: Bearer <token>": the call's CallerToken, else the
+// client's. Metadata on the context goes with every retry attempt. Over WithInsecure the token
+// travels in the clear, which is right only on loopback or behind a mesh sidecar that encrypts
+// the hop.
+func tokenInterceptor(clientToken string) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		token := clientToken
+		for _, opt := range opts {
+			if t, ok := opt.(callerToken); ok {
+				token = t.token
+			}
+		}
+		if token != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
 }
 
 // Close closes the connection.
@@ -135,11 +254,17 @@ func (c *Client) GetAuthHeaders(ctx context.Context, upstreamID, path string, ac
 }
 
 // ResolveUpstream finds the first upstream of the registry, by position, that has path. When
-// none does, the *Error's Attempts say what each upstream answered.
+// none does, the *Error's Attempts say what each upstream answered. The reply's CacheHit,
+// Stale and CheckedAt say whether the server answered from its resolution cache.
 func (c *Client) ResolveUpstream(ctx context.Context, registryID, path string, opts ...grpc.CallOption) (*vregistryv1.ResolveUpstreamResponse, error) {
+	return c.Resolve(ctx, &vregistryv1.ResolveUpstreamRequest{RegistryId: registryID, Path: path}, opts...)
+}
+
+// Resolve is ResolveUpstream with the whole request, e.g. Refresh: true to check the upstreams
+// even when the server holds a cached answer.
+func (c *Client) Resolve(ctx context.Context, req *vregistryv1.ResolveUpstreamRequest, opts ...grpc.CallOption) (*vregistryv1.ResolveUpstreamResponse, error) {
 	ctx, cancel := c.withDeadline(ctx)
 	defer cancel()
-	req := &vregistryv1.ResolveUpstreamRequest{RegistryId: registryID, Path: path}
 	reply, err := c.stub.ResolveUpstream(ctx, req, opts...)
 	if err != nil {
 		return nil, FromError(err)

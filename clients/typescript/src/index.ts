@@ -1,10 +1,14 @@
 export {
+  AUTHORIZATION_KEY,
   DEFAULT_DEADLINE_MS,
+  DEFAULT_SERVICE_CONFIG,
   type RpcOptions,
+  type ServiceConfig,
   type TlsOptions,
-  VRegistryClient,
   type VRegistryClientOptions,
-} from "./client";
+} from "./channel";
+export { VRegistryClient } from "./client";
+export { ConfigClient, fieldMask, groupName, registryName, upstreamName } from "./config";
 export {
   decodeStatusDetails,
   ERROR_DOMAIN,
@@ -19,5 +23,5 @@ export { ErrorReason, errorReasonFromJSON, errorReasonToJSON } from "./gen/vregi
 export { ErrorInfo } from "./gen/google/rpc/error_details";
 export { Status } from "./gen/google/rpc/status";
 export { status as GrpcStatus, Metadata } from "@grpc/grpc-js";
-/** The admin ConfigService's generated types and client, for callers that manage the config. */
+/** The admin ConfigService's generated types and client (ConfigClient wraps them). */
 export * as configService from "./gen/vregistry/v1/config_service";

@@ -23,6 +23,7 @@ import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.time.Duration;
 import java.util.Arrays;
+import java.util.Map;
 import java.util.Objects;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
@@ -51,16 +52,33 @@ public final class VRegistryClient implements AutoCloseable {
    */
   public static final Duration DEFAULT_DEADLINE = Duration.ofSeconds(30);
 
+  /**
+   * The gRPC service config every channel the builder makes gets unless {@link
+   * Builder#serviceConfig} replaces it: the standard JSON of gRPC's service_config.proto as the
+   * map grpc-java takes (numbers as Double, unmodifiable). It is read from the jar's {@code
+   * dev/vregistry/client/service_config.json}, a copy of the repository's {@code
+   * clients/service_config.json} (the one definition, the same values in every vregistry client):
+   *
+   * <ul>
+   *   <li>round_robin over every address the target resolves to, so {@code
+   *       dns:///vregistry-headless:50051} (the chart's headless Service) spreads calls over all
+   *       pods instead of pinning one;
+   *   <li>UNAVAILABLE (a pod going away, a refused connection, a server-side outage) retried up
+   *       to 3 attempts in all with exponential backoff from 0.1 s to 1 s, inside the deadline.
+   * </ul>
+   */
+  public static final Map<String, ?> DEFAULT_SERVICE_CONFIG = ServiceConfigResource.load();
+
   private final ManagedChannel channel;
   private final boolean ownsChannel;
-  private final Duration defaultDeadline;
+  private final CallSettings settings;
   private final UpstreamServiceGrpc.UpstreamServiceBlockingStub blocking;
   private final UpstreamServiceGrpc.UpstreamServiceFutureStub future;
 
-  private VRegistryClient(ManagedChannel channel, boolean ownsChannel, Duration defaultDeadline) {
+  private VRegistryClient(ManagedChannel channel, boolean ownsChannel, CallSettings settings) {
     this.channel = channel;
     this.ownsChannel = ownsChannel;
-    this.defaultDeadline = defaultDeadline;
+    this.settings = settings;
     this.blocking = UpstreamServiceGrpc.newBlockingStub(channel);
     this.future = UpstreamServiceGrpc.newFutureStub(channel);
   }
@@ -137,6 +155,28 @@ public final class VRegistryClient implements AutoCloseable {
     return adapt(future(deadline).resolveUpstream(request));
   }
 
+  // ---------------------------------------------------------------- views
+
+  /**
+   * ConfigService (the admin API) on this client's channel, with its deadline and caller token.
+   */
+  public ConfigClient config() {
+    return new ConfigClient(channel, settings);
+  }
+
+  /**
+   * A view of this client sending another caller token ({@code ""} or {@code null}: none) on the
+   * same channel; closing the view does not close the channel.
+   */
+  public VRegistryClient withCallerToken(String callerToken) {
+    return new VRegistryClient(channel, false, settings.withCallerToken(callerToken));
+  }
+
+  /** A view of this client with another default deadline, on the same channel. */
+  public VRegistryClient withDefaultDeadline(Duration deadline) {
+    return new VRegistryClient(channel, false, settings.withDeadline(deadline));
+  }
+
   // ---------------------------------------------------------------- raw access
 
   /** The generated blocking stub, with the client's default deadline. */
@@ -156,7 +196,7 @@ public final class VRegistryClient implements AutoCloseable {
 
   /** The deadline applied to calls that do not give their own. */
   public Duration defaultDeadline() {
-    return defaultDeadline;
+    return settings.deadline();
   }
 
   /** Shuts the channel down (when the client created it) and waits up to 5 s for calls to end. */
@@ -187,20 +227,12 @@ public final class VRegistryClient implements AutoCloseable {
         .build();
   }
 
-  private Duration effective(Duration deadline) {
-    Duration chosen = deadline == null ? defaultDeadline : deadline;
-    if (chosen.isNegative() || chosen.isZero()) {
-      throw new IllegalArgumentException("deadline must be positive: " + chosen);
-    }
-    return chosen;
-  }
-
   private UpstreamServiceGrpc.UpstreamServiceBlockingStub blocking(Duration deadline) {
-    return blocking.withDeadlineAfter(effective(deadline).toNanos(), TimeUnit.NANOSECONDS);
+    return settings.apply(blocking, deadline);
   }
 
   private UpstreamServiceGrpc.UpstreamServiceFutureStub future(Duration deadline) {
-    return future.withDeadlineAfter(effective(deadline).toNanos(), TimeUnit.NANOSECONDS);
+    return settings.apply(future, deadline);
   }
 
   private static <T> CompletableFuture<T> adapt(ListenableFuture<T> call) {
@@ -240,8 +272,30 @@ public final class VRegistryClient implements AutoCloseable {
     private ChannelCredentials credentials;
     private ManagedChannel channel;
     private Duration defaultDeadline = DEFAULT_DEADLINE;
+    private String callerToken = "";
+    private Map<String, ?> serviceConfig = DEFAULT_SERVICE_CONFIG;
 
     private Builder() {}
+
+    /**
+     * The caller token (from the server's callers file), sent as {@code authorization: Bearer
+     * TOKEN} on every call ({@code null} or {@code ""}: none); {@link
+     * VRegistryClient#withCallerToken} changes it for a view.
+     */
+    public Builder callerToken(String callerToken) {
+      this.callerToken = callerToken == null ? "" : callerToken;
+      return this;
+    }
+
+    /**
+     * The gRPC service config (retry policy, load balancing) as grpc-java's map form of the
+     * standard JSON; default {@link #DEFAULT_SERVICE_CONFIG}. {@code null}: none (pick_first, no
+     * retries).
+     */
+    public Builder serviceConfig(Map<String, ?> serviceConfig) {
+      this.serviceConfig = serviceConfig;
+      return this;
+    }
 
     /** "host:port" or any gRPC target URI, e.g. "dns:///vregistry.internal:443". */
     public Builder target(String target) {
@@ -299,17 +353,14 @@ public final class VRegistryClient implements AutoCloseable {
 
     /** The deadline of each call that does not pass its own; default {@link #DEFAULT_DEADLINE}, 30 s. */
     public Builder defaultDeadline(Duration deadline) {
-      Objects.requireNonNull(deadline, "deadline");
-      if (deadline.isNegative() || deadline.isZero()) {
-        throw new IllegalArgumentException("deadline must be positive: " + deadline);
-      }
-      this.defaultDeadline = deadline;
+      this.defaultDeadline = CallSettings.checkedDeadline(deadline);
       return this;
     }
 
     public VRegistryClient build() {
+      CallSettings settings = new CallSettings(defaultDeadline, callerToken);
       if (channel != null) {
-        return new VRegistryClient(channel, false, defaultDeadline);
+        return new VRegistryClient(channel, false, settings);
       }
       if (target == null || target.isEmpty()) {
         throw new IllegalStateException("VRegistryClient: target is required");
@@ -318,7 +369,11 @@ public final class VRegistryClient implements AutoCloseable {
       if (overrideAuthority != null) {
         builder.overrideAuthority(overrideAuthority);
       }
-      return new VRegistryClient(builder.build(), true, defaultDeadline);
+      if (serviceConfig != null) {
+        // The config above is the one in force: a DNS TXT record must not replace it.
+        builder.defaultServiceConfig(serviceConfig).disableServiceConfigLookUp().enableRetry();
+      }
+      return new VRegistryClient(builder.build(), true, settings);
     }
 
     private ChannelCredentials channelCredentials() {
