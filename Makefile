@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: serve test lint lint-imports lint-clients lint-protos clients typecheck pytest protos system-deps clean
 .PHONY: bench soak leak bench-deps bench-reload bench-tarpit
+.PHONY: image test-image
+.PHONY: lint-deploy manifests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +29,7 @@ serve: protos
 system-deps:
 	scripts/install-system-deps.sh
 
-lint: protos lint-clients lint-protos lint-imports
+lint: protos lint-clients lint-protos lint-imports lint-deploy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
@@ -49,6 +51,39 @@ lint-clients: protos
 	cd clients/python && ../../$(VENV)/bin/ruff check . && ../../$(VENV)/bin/ruff format --check .
 	@unformatted="$$(gofmt -l clients/go)"; [ -z "$$unformatted" ] || { echo "gofmt needed: $$unformatted"; exit 1; }
 
+# The Helm chart: `helm lint --strict` and a rendering with each values file in deploy/helm/values/
+# (and the defaults), compared with the committed plain manifests in deploy/kubernetes/ (fails with
+# a diff when they drift; `make manifests` rewrites them), values it must refuse, and promtool
+# `check rules` on every rendered PrometheusRule and `test rules` on deploy/helm/tests/.
+# helm and promtool are built from the Go module proxy into bin/
+# (gitignored), pinned; the ldflags are the ones helm's own release build sets (version, and the
+# default Kubernetes version: client-go v0.37 in helm v3.22.0's go.mod gives 1.37). promtool is
+# built without Prometheus' service-discovery plugins (tag remove_all_sd): rule checks need none.
+HELM_VERSION := v3.22.0
+PROMTOOL_VERSION := v0.316.0
+HELM_PKG := helm.sh/helm/v3
+HELM_LDFLAGS := -X $(HELM_PKG)/internal/version.version=$(HELM_VERSION) \
+	-X $(HELM_PKG)/pkg/chartutil.k8sVersionMajor=1 -X $(HELM_PKG)/pkg/chartutil.k8sVersionMinor=37 \
+	-X $(HELM_PKG)/pkg/lint/rules.k8sVersionMajor=1 -X $(HELM_PKG)/pkg/lint/rules.k8sVersionMinor=37
+DEPLOY_TOOLS := bin/.helm-$(HELM_VERSION) bin/.promtool-$(PROMTOOL_VERSION)
+
+bin/.helm-$(HELM_VERSION):
+	@command -v go >/dev/null 2>&1 || { echo "make lint needs Go >= 1.26 to build helm (e.g. apt-get install golang-go)"; exit 1; }
+	GOBIN=$(CURDIR)/bin go install -ldflags '$(HELM_LDFLAGS)' $(HELM_PKG)/cmd/helm@$(HELM_VERSION)
+	touch $@
+
+bin/.promtool-$(PROMTOOL_VERSION):
+	@command -v go >/dev/null 2>&1 || { echo "make lint needs Go >= 1.26 to build promtool (e.g. apt-get install golang-go)"; exit 1; }
+	GOBIN=$(CURDIR)/bin go install -tags remove_all_sd github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	touch $@
+
+lint-deploy: $(STAMP) $(DEPLOY_TOOLS)
+	HELM=$(CURDIR)/bin/helm PROMTOOL=$(CURDIR)/bin/promtool scripts/render-manifests.sh --check
+
+# Rewrite deploy/kubernetes/ from the chart (after a change under deploy/helm/).
+manifests: $(STAMP) $(DEPLOY_TOOLS)
+	HELM=$(CURDIR)/bin/helm PROMTOOL=$(CURDIR)/bin/promtool scripts/render-manifests.sh
+
 # Regenerate every client's committed stubs from protos/ (pinned generators).
 clients: protos
 	scripts/gen_clients.sh
@@ -59,7 +94,17 @@ typecheck: protos
 pytest: protos system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint typecheck pytest test-image
+
+# The container image: built with docker when an engine answers, else with buildah (on a
+# Debian stand-in for python:3.11-slim when that cannot be pulled). IMAGE=, BASE=, ENGINE=.
+image:
+	scripts/build-image.sh
+
+# Builds the image with buildah and runs it: uid, health, UrlFor, check-config, SIGTERM
+# (scripts/test-image.sh; about a minute when the base and the layers are cached).
+test-image: protos system-deps
+	scripts/test-image.sh
 
 clean:
 	rm -rf $(VENV) server/vregistry .pytest_cache .mypy_cache .ruff_cache
