@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from benchmarks.environment import HOT_PATH
 
@@ -23,7 +23,10 @@ Loop = Literal["asyncio", "uvloop"]
 # The requests. ``{{.RequestNumber}}`` is ghz's template: a distinct repository per call.
 URL_FOR: Mapping[str, str] = {"upstream_id": "hot", "path": HOT_PATH}
 HOT: Mapping[str, str] = {"upstream_id": "hot", "path": HOT_PATH}
-RESOLVE: Mapping[str, str] = {"registry_id": "chain", "path": HOT_PATH}
+# refresh: every call checks the upstreams (the resolution cache would answer otherwise).
+RESOLVE: Mapping[str, Any] = {"registry_id": "chain", "path": HOT_PATH, "refresh": True}
+# The same path answered from the resolution cache (memory layer; headers from the token cache).
+RESOLVE_FROM_CACHE: Mapping[str, Any] = {"registry_id": "chain", "path": HOT_PATH}
 COLD_ONE_KEY: Mapping[str, str] = {"upstream_id": "cold", "path": "private/app/manifests/v1"}
 COLD_DISTINCT_KEYS: Mapping[str, str] = {
     "upstream_id": "cold",
@@ -58,7 +61,7 @@ class Scenario:
     name: str
     server: ServerSetup
     method: Method
-    request: Mapping[str, str]
+    request: Mapping[str, Any]
     # The scenario this one is reported as a ratio of (req/s and p99); measured earlier.
     baseline: str | None = None
     connections: int = 4
@@ -152,9 +155,11 @@ def hot_path(rounds: int) -> Phase:
 
 
 def resolve_cached() -> Phase:
-    # 16 in flight, not 64: each call holds three upstream requests for ~200 ms.
+    # 16 in flight, not 64: each call holds three upstream requests for ~200 ms. Cold: every
+    # call checks the upstreams (refresh), with the tokens cached (the "uncached" phase
+    # has none).
     return Phase(
-        title="ResolveUpstream: r1 misses, r2 hits, each 200 ms away",
+        title="cold ResolveUpstream: r1 misses, r2 hits, each 200 ms away",
         rounds=1,
         scenarios=(
             Scenario(
@@ -165,7 +170,7 @@ def resolve_cached() -> Phase:
                 concurrency=16,
             ),
             Scenario(
-                "ResolveUpstream-cached",
+                "ResolveUpstream-cold",
                 SERVICE,
                 "ResolveUpstream",
                 RESOLVE,
@@ -174,6 +179,26 @@ def resolve_cached() -> Phase:
             ),
         ),
         probes_after=(Probe(ProbeKind.PRIORITY_ORDER, (SERVICE,)),),
+    )
+
+
+def resolve_from_cache(rounds: int) -> Phase:
+    # The hot-path load (64 in flight): a cached answer involves no upstream at all.
+    return Phase(
+        title=f"ResolveUpstream answered from the resolution cache, {rounds} interleaved rounds",
+        rounds=rounds,
+        scenarios=(
+            Scenario(
+                "baseline-ResolveUpstream-hot", BASELINE, "ResolveUpstream", RESOLVE_FROM_CACHE
+            ),
+            Scenario(
+                "ResolveUpstream-from-cache",
+                SERVICE,
+                "ResolveUpstream",
+                RESOLVE_FROM_CACHE,
+                baseline="baseline-ResolveUpstream-hot",
+            ),
+        ),
     )
 
 
@@ -276,6 +301,7 @@ def plan(*, rounds: int, token_delay_ms: int, uvloop: bool) -> tuple[Phase, ...]
     return (
         hot_path(rounds),
         resolve_cached(),
+        resolve_from_cache(rounds),
         resolve_uncached(),
         cold_cache(token_delay_ms),
         two_workers(rounds),

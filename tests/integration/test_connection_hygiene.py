@@ -114,3 +114,20 @@ async def test_pool_survives_cancellations_under_contention(
     finally:
         await service.close()
         await client.aclose()
+
+
+async def test_probes_reuse_their_connection(
+    service_factory: StartService, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    # A HEAD's response has no body, but httpcore pools its connection again only once the
+    # end of the message is read; without that read every probe opened a new connection
+    # (a new TCP and TLS handshake per upstream per call on a real registry).
+    front = proxy_factory(open_registry)
+    config = make_config([upstream_entry("open", front.url)], {"r": ["open"]})
+    service = await service_factory(config)
+    port = int(front.url.rsplit(":", 1)[1])
+    for _ in range(5):  # one after the other: each may reuse the previous call's connection
+        reply = await service.resolve("r", "library/alpine/manifests/latest", refresh=True)
+        assert reply.upstream.id == "open"
+    assert front.count("HEAD") == 5
+    assert _sockets_to(port) == {"ESTABLISHED": 1}

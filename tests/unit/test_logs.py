@@ -6,7 +6,10 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from vregistry_server.runtime import logs
 from vregistry_server.runtime.logs import JsonFormatter, redact
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJlLXZhbHVl"
@@ -57,3 +60,30 @@ def test_formatter_redacts_message_and_extra_fields() -> None:
     line = JsonFormatter().format(record)
     assert "abcdef123456" not in line and "hunter22" not in line and JWT not in line
     assert json.loads(line)["msg"] == "header Bearer [REDACTED]"
+
+
+def _every_pattern(text: str) -> str:
+    """redact without its shortcuts: all four patterns on every text."""
+    patterns = logs._SECRET_PATTERNS
+    text = patterns[0].sub(
+        lambda m: f"{m.group(1)} [REDACTED]" if logs._credential_value(m) else m.group(0), text
+    )
+    text = patterns[1].sub("[REDACTED-JWT]", text)
+    text = patterns[2].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
+    return patterns[3].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
+
+
+_PIECES = (
+    *("Bearer ", "basic\t", "BEARER", "bEaReR  ", "Basic authentication failed", 'service="x"'),
+    *("token=", "Token", "password=", 'passwd":"', "secret", "client_secret=", "ACCESS_TOKEN"),
+    *('refresh_token\\": \\"', "eyJ", JWT, "abcdefghij1234", "dG9rZW4=", "xyz", " ", '"'),
+    *("'", ":", "=", "&", "\n", "\x1c", "\xe9"),
+    *("\u017f", "\u212a", "\u0130", "\u0131"),  # long s, Kelvin, dotted and dotless I
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=10).map("".join))
+def test_shortcuts_change_nothing(text: str) -> None:
+    # The word checks only skip scans that could not match (case rules included).
+    assert redact(text) == _every_pattern(text)

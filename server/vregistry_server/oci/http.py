@@ -12,14 +12,20 @@ configured timeout and the caller's gRPC deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
+import socket
+import ssl
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import httpcore
 import httpx
+from httpcore._utils import is_socket_readable
 
 from vregistry_server.errors import (
     EgressRefused,
@@ -70,8 +76,60 @@ def guarded_transport(max_connections: int = 200) -> httpx.AsyncHTTPTransport:
             max_keepalive_connections=min(max_connections, 50),
         )
     )
-    transport._pool._network_backend = GuardedNetworkBackend()
+    transport._pool._network_backend = PooledNetworkBackend()
     return transport
+
+
+class PooledNetworkBackend(GuardedNetworkBackend):
+    """The guarded backend, whose streams answer httpcore's "is it readable?" cheaply.
+
+    httpcore asks that of every idle connection in the pool each time a request is
+    assigned one (``has_expired``), and anyio answers by building its whole table of socket
+    attributes first: with 16 idle connections that was most of the pool's CPU per request
+    in the cold ResolveUpstream profile (benchmarks/RESULTS.md).
+    """
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await super().connect_tcp(host, port, timeout, local_address, socket_options)
+        return _ReadableStream(stream)
+
+
+class _ReadableStream(httpcore.AsyncNetworkStream):
+    """A network stream as it is, with the raw socket looked up once (it never changes)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket: socket.socket | None = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
+    ) -> httpcore.AsyncNetworkStream:
+        return _ReadableStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # What httpcore's AnyIOStream answers, without rebuilding anyio's attribute table.
+            return is_socket_readable(self._socket)
+        return self._inner.get_extra_info(info)
 
 
 class UpstreamTransports(httpx.AsyncBaseTransport):
@@ -227,6 +285,9 @@ async def _take_slot(
     slot = slots.get(scope.key)
     if slot is None:
         slot = slots[scope.key] = asyncio.Semaphore(scope.max_in_flight)
+    if not slot.locked():  # a free slot is taken at once: no timer to arm and cancel
+        await slot.acquire()
+        return slot
     try:
         async with budget.timeout():
             await slot.acquire()
@@ -421,7 +482,7 @@ async def _exchange(
                 data=data,
                 timeout=http_timeout,
             )
-            response = await client.send(request, stream=True)
+            response = await _send_once(client, request)
             try:
                 location = response.headers.get("location")
                 if follow_redirects and response.status_code in REDIRECT_STATUSES and location:
@@ -438,7 +499,12 @@ async def _exchange(
                     current, params = target, None
                     continue
                 body = b""
-                if read_body and method != "HEAD":
+                if method == "HEAD":
+                    # No body comes, but httpcore returns the connection to the pool only
+                    # once it has seen the end of the message: without this read every
+                    # probe opened (and shook hands on) a new connection.
+                    await response.aread()
+                elif read_body:
                     body = await read_capped(response, discard_oversized=discard_oversized_body)
                 return Response(response.status_code, response.headers, body, response.url)
             finally:
@@ -446,10 +512,34 @@ async def _exchange(
     raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {_origin(current)}")
 
 
+async def _send_once(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """``client.send(request, stream=True)`` without the parts of it this module never uses.
+
+    No auth flow, redirects or event hooks are set on the client (redirects are followed
+    by hand above), and its cookie jar is left out: one client serves every caller, so an
+    upstream's Set-Cookie is neither kept nor sent back. What remains is the transport
+    (the client's mounts, if any, still choose it); the rest cost CPU on every request
+    (benchmarks/RESULTS.md, cold ResolveUpstream). httpx is pinned, and
+    tests/unit/test_http_send.py checks the private method this relies on.
+    """
+    transport = client._transport_for_url(request.url)
+    response = await transport.handle_async_request(request)
+    response.request = request
+    return response
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal(host: str) -> tuple[str, ...] | None:
+    """``literal_addresses`` memoised (every hop asks it; an answer never changes)."""
+    addresses = literal_addresses(host)
+    return None if addresses is None else tuple(addresses)
+
+
 async def _check_literal(scope: EgressScope, url: httpx.URL) -> None:
     """An IP-literal host is judged before the pool is asked: a pooled connection is
     never reused for an address the scope refuses (names are judged in connect_tcp)."""
-    addresses = literal_addresses(url.host)
+    literal = _literal(url.host)
+    addresses = None if literal is None else list(literal)
     if addresses is None:
         return
     port = url.port or default_port(url.scheme)

@@ -45,13 +45,39 @@ def _credential_value(match: re.Match[str]) -> bool:
     return len(bare) >= 20 or any(c.isdigit() or c in "+/_~-=." for c in bare)
 
 
+# Each pattern needs one of these words (ASCII, case-insensitive), so a line without it
+# skips that pattern's scan: case-insensitive alternations are slow in ``re``, and every
+# audit line (one per credential handed out) names a scheme.
+_SCHEME_WORDS = ("bearer", "basic")  # pattern 0, and only when whitespace follows
+_SECRET_WORDS = ("passw", "secret", "token")  # patterns 2 and 3: every _SECRET_NAMES name
+
+
 def redact(text: str) -> str:
-    text = _SECRET_PATTERNS[0].sub(
-        lambda m: f"{m.group(1)} [REDACTED]" if _credential_value(m) else m.group(0), text
-    )
-    text = _SECRET_PATTERNS[1].sub("[REDACTED-JWT]", text)
-    text = _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
-    return _SECRET_PATTERNS[3].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
+    # Non-ASCII text gets every scan: under IGNORECASE U+017F (long s) matches "s", U+212A
+    # (Kelvin) "k", and so on.
+    lowered = text.lower() if text.isascii() else None
+    if lowered is None or any(_word_then_space(lowered, w) for w in _SCHEME_WORDS):
+        text = _SECRET_PATTERNS[0].sub(
+            lambda m: f"{m.group(1)} [REDACTED]" if _credential_value(m) else m.group(0), text
+        )
+    if "eyJ" in text:
+        text = _SECRET_PATTERNS[1].sub("[REDACTED-JWT]", text)
+    # The replacements above add no secret word, so the original text decides.
+    if lowered is None or any(w in lowered for w in _SECRET_WORDS):
+        text = _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
+        text = _SECRET_PATTERNS[3].sub(lambda m: f"{m.group(1)}[REDACTED]", text)
+    return text
+
+
+def _word_then_space(lowered: str, word: str) -> bool:
+    """Whether ``word`` occurs followed by whitespace (what pattern 0's ``\\s+`` needs)."""
+    at = lowered.find(word)
+    while at >= 0:
+        after = at + len(word)
+        if after < len(lowered) and lowered[after].isspace():
+            return True
+        at = lowered.find(word, at + 1)
+    return False
 
 
 class JsonFormatter(logging.Formatter):
@@ -80,6 +106,12 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The JSON lines carry none of these, so no record computes them (the logging HOWTO's
+    # "Optimization"): an audit line is written for every credential handed out.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # httpx logs every request URL at INFO; query strings may hold scopes and tokens.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
