@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: serve test lint lint-imports lint-clients lint-protos clients typecheck pytest protos system-deps clean
-.PHONY: bench soak leak bench-deps bench-reload bench-tarpit
+.PHONY: bench soak leak bench-deps bench-reload bench-tarpit bench-fleet
 .PHONY: image test-image
 .PHONY: lint-deploy manifests
 
@@ -142,6 +142,13 @@ bench-reload: protos
 # docker-registry; about 20 s); exit 1 when p99 exceeds 2x its no-tarpit baseline. TARPIT_ARGS="--rounds 1".
 bench-tarpit: protos system-deps
 	$(PY) -m benchmarks.tarpit $(TARPIT_ARGS)
+
+# 3 processes on a 6-node Redis Cluster (token requests for 600 cold callers of one key and for
+# 300 keys), hot GetAuthHeaders through the cluster vs the baseline, and a Sentinel master
+# SIGKILLed under load (errors, p50/p99 per window); about 2 minutes; exit 3 when a target is
+# missed. FLEET_ARGS="--only fleet --duration 3 --rounds 1".
+bench-fleet: bench-deps
+	$(PY) -m benchmarks.fleet $(FLEET_ARGS)
 
 # RSS after 100,000 and after 1,000,000 hot-path calls (within 10 %, or exit 1); about 6 minutes.
 leak: bench-deps
