@@ -86,6 +86,7 @@ class SettingsEntry(_Strict):
     listen: str | None = None
     redis_url: str | None = None
     redis_ca_file: str | None = Field(default=None, min_length=1)
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
     token_cache_max_ttl_seconds: float = Field(default=180.0, gt=0, le=86400)
     # In-process layer in front of Redis (0 turns it off); see token_cache.RedisTokenCache.
     token_near_cache_seconds: float = Field(default=5.0, ge=0, le=60)

@@ -135,6 +135,9 @@ class Settings:
     redis_url: str | None = None
     # A CA bundle (PEM) that verifies a rediss:// server, for a private CA (every Redis client).
     redis_ca_file: str | None = None
+    # How long one Redis command may take before the caches count Redis as unreachable and
+    # serve from process memory (every Redis client of the caches).
+    redis_timeout_seconds: float = 0.5
     token_cache_max_ttl_seconds: float = 180.0
     token_near_cache_seconds: float = 5.0
     token_expiry_margin_seconds: float = 10.0

@@ -57,7 +57,6 @@ from vregistry_server.redis_topology import RedisClient, connect
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "vregistry:resolve:v1:"
-REDIS_SOCKET_TIMEOUT_SECONDS = 0.5
 # While Redis fails, it is tried again only after this long (as the token cache does): a
 # Redis that hangs instead of refusing would otherwise cost every call a socket timeout.
 REDIS_RETRY_SECONDS = 1.0
@@ -317,7 +316,7 @@ class ResolveCache:
         if redis is None and settings.redis_url:
             redis = connect(
                 settings.redis_url,
-                socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+                socket_timeout=settings.redis_timeout_seconds,
                 ca_file=settings.redis_ca_file,
             )
         self._redis = redis

@@ -321,6 +321,7 @@ def _cache_for(settings: Settings, observer: Observer) -> TokenCache:
     return RedisTokenCache(
         settings.redis_url,
         ca_file=settings.redis_ca_file,
+        socket_timeout=settings.redis_timeout_seconds,
         near_cache_seconds=settings.token_near_cache_seconds,
         encryption_key=settings.token_cache_key,
         observer=observer,

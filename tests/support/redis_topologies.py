@@ -205,7 +205,10 @@ class SentinelTopology:
             return False
 
     def master_port(self) -> int:
-        """The master's port as the sentinels report it (first one that answers)."""
+        """The master's port as the sentinels report it: the first reported node that really
+        is a master (during a failover one sentinel may still name the old one, and a
+        restarted old master is a replica until it syncs)."""
+        reported: list[int] = []
         for node in self.sentinels:
             with contextlib.suppress(redis.RedisError, OSError):
                 client = _client(node.port)
@@ -214,7 +217,17 @@ class SentinelTopology:
                 finally:
                     client.close()
                 if addr:
-                    return int(addr[1])
+                    reported.append(int(addr[1]))
+        for port in dict.fromkeys(reported):
+            with contextlib.suppress(redis.RedisError, OSError):
+                client = _client(port)
+                try:
+                    if _is_master(client):
+                        return port
+                finally:
+                    client.close()
+        if reported:
+            return reported[0]
         raise redis.ConnectionError("no sentinel answered")
 
     def master_client(self) -> redis.Redis:
@@ -248,22 +261,35 @@ class SentinelTopology:
 
         _wait(promoted, timeout, "sentinel failover")
 
-    def restore(self, timeout: float = 20.0) -> None:
-        """Start killed nodes again as replicas of the current master; wait until all agree."""
+    def restore(self, timeout: float = 40.0) -> None:
+        """Start killed nodes again as replicas of the current master; wait until all agree.
+
+        The failover is awaited first: a test may end before the sentinels have promoted
+        a replica, and a node restarted as a replica of a dead master would never sync.
+        """
         if not self._killed:
             return
+        self.wait_for_failover(timeout)
         master = self.master_port()
         for node in self._killed:
             node.start(["--replicaof", LOCALHOST, str(master)])
         self._killed.clear()
         _wait(self._healthy, timeout, "sentinel setup healthy again")
 
-    def flush(self) -> None:
-        client = self.master_client()
-        try:
-            client.flushall()
-        finally:
-            client.close()
+    def flush(self, timeout: float = 20.0) -> None:
+        """Empty the master (again after a moment if the node asked was demoted meanwhile)."""
+
+        def flushed() -> bool:
+            try:
+                client = self.master_client()
+                try:
+                    return bool(client.flushall())
+                finally:
+                    client.close()
+            except (redis.RedisError, OSError):
+                return False
+
+        _wait(flushed, timeout, "sentinel master flushed")
 
     def close(self) -> None:
         for node in [*self.sentinels, *self.data]:
