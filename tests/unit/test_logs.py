@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -87,3 +88,68 @@ _PIECES = (
 def test_shortcuts_change_nothing(text: str) -> None:
     # The word checks only skip scans that could not match (case rules included).
     assert redact(text) == _every_pattern(text)
+
+
+def _reference_line(record: logging.LogRecord) -> str:
+    """The line as formatted before the tail cache: the whole entry dumped and redacted."""
+    import time
+
+    entry: dict[str, object] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in vars(record).items():
+        if key not in logs._STANDARD_ATTRS and not key.startswith("_"):
+            plain = isinstance(value, int | float | bool) or value is None
+            entry[key] = value if plain else str(value)
+    if record.exc_info and record.exc_info[0] is not None:
+        entry["exc_type"] = record.exc_info[0].__name__
+        entry["exc"] = JsonFormatter().formatException(record.exc_info)
+    return redact(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+def _record(msg: str, created: float, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("vregistry.audit", logging.INFO, __file__, 1, msg, (), None)
+    record.created, record.msecs = created, (created % 1) * 1000
+    for key, value in extra.items():
+        setattr(record, key, value)
+    return record
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_PIECES).map(lambda piece: "credentials disclosed " + piece),
+            st.sampled_from(("alice-a", "bob", *_PIECES)),
+            st.one_of(st.sampled_from(_PIECES), st.integers(0, 2), st.booleans(), st.none()),
+            st.floats(1.7e9, 1.8e9),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_cached_lines_equal_the_whole_line_redacted(
+    lines: list[tuple[str, str, object, float]],
+) -> None:
+    # One formatter for all, and each record twice: the second is served from the cache.
+    formatter = JsonFormatter()
+    for msg, caller, other, created in lines * 2:
+        record = _record(msg, created, audit="credentials_disclosed", caller=caller, other=other)
+        assert formatter.format(record) == _reference_line(record)
+
+
+def test_the_tail_cache_is_bounded_and_skips_exceptions() -> None:
+    formatter = JsonFormatter()
+    for n in range(logs._TAIL_CACHE_SIZE * 2 + 3):
+        formatter.format(_record("disclosed", 1.8e9, caller=f"c{n}"))
+    assert 0 < len(formatter._tails) <= logs._TAIL_CACHE_SIZE
+    try:
+        raise ValueError("password=hunter22")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "boom", (), sys.exc_info())
+    assert formatter.format(record) == _reference_line(record)
+    assert "hunter22" not in formatter.format(record)

@@ -80,24 +80,63 @@ def _word_then_space(lowered: str, word: str) -> bool:
     return False
 
 
+# Lines whose extra fields are all strings repeat (one audit line per credential handed
+# out names the same caller, group and upstream each time), so the redacted JSON after the
+# timestamp is kept for them; bounded, and emptied when full.
+_TAIL_CACHE_SIZE = 1024
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._tails: dict[tuple[str, str, str, tuple[tuple[str, Any], ...]], str] = {}
+        self._second = -1
+        self._second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        fields = [
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")
+        ]
+        head = f'{{"ts": "{self._timestamp(record)}", '
+        if (record.exc_info and record.exc_info[0] is not None) or not all(
+            type(value) is str for _, value in fields
+        ):
+            return head + self._tail(record, message, fields)
+        key = (record.levelname, record.name, message, tuple(fields))
+        tail = self._tails.get(key)
+        if tail is None:
+            if len(self._tails) >= _TAIL_CACHE_SIZE:
+                self._tails.clear()
+            tail = self._tails[key] = self._tail(record, message, fields)
+        return head + tail
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
+
+    def _tail(self, record: logging.LogRecord, message: str, fields: list[tuple[str, Any]]) -> str:
+        """The redacted JSON after ``{"ts": "…", ``: a timestamp (digits, "-", ":", "T",
+        ".", "Z") can neither hold nor start a match of any redaction pattern, so redacting
+        the rest alone gives the same line as redacting it whole."""
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": message,
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = (
-                    value if isinstance(value, int | float | bool) or value is None else str(value)
-                )
+        for key, value in fields:
+            entry[key] = (
+                value if isinstance(value, int | float | bool) or value is None else str(value)
+            )
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+        return redact(json.dumps(entry, ensure_ascii=False, default=str)[1:])
 
 
 def configure_logging(level: str = "info") -> None:
