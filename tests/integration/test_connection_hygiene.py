@@ -122,9 +122,9 @@ async def test_pool_survives_cancellations_under_contention(
 async def test_probes_reuse_their_connection(
     service_factory: StartService, open_registry: RegistryServer, proxy_factory: ProxyFactory
 ) -> None:
-    # A HEAD's response has no body, but httpcore pools its connection again only once the
-    # end of the message is read; without that read every probe opened a new connection
-    # (a new TCP and TLS handshake per upstream per call on a real registry).
+    # A HEAD's response has no body, but a pool takes its connection back only once the
+    # end of the message is seen (httpcore needed it read); without that every probe
+    # opened a new connection (a TCP and TLS handshake per upstream per call).
     front = proxy_factory(open_registry)
     config = make_config([upstream_entry("open", front.url)], {"r": ["open"]})
     service = await service_factory(config)
