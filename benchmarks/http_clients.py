@@ -13,17 +13,18 @@ which changes how much pool bookkeeping each request costs. The clients run in
 interleaved rounds, so a loaded machine slows them alike.
 
 * ``vregistry``: ``oci.http.send`` as the service calls it (egress scope, in-flight slot,
-  budget, own task, shield, redirect handling) over httpx with the guarded, pooled backend;
-* ``httpx``: ``httpx.AsyncClient.request`` over the same transport (``guarded_transport``),
-  one client per upstream;
-* ``httpcore``: ``httpcore.AsyncConnectionPool`` (httpcore's own class) with the same
-  network backend (``PooledNetworkBackend``: the egress check on connect), one per upstream;
-* ``aiohttp``: ``aiohttp.ClientSession`` (its own pool; no egress check: it would need a
-  custom resolver and connector, so its figure is a lower bound for a swap).
+  budget, own task, shield, redirect handling) over aiohttp with the guarded connector
+  (``oci.http.UpstreamClient``: one session per upstream);
+* ``aiohttp``: ``aiohttp.ClientSession`` with the same guarded connector
+  (``realm_policy.GuardedConnector``), one per upstream, nothing of ``send`` around it;
+* ``httpx``: ``httpx.AsyncClient.request`` (httpx's own transport, no egress check: the
+  service's guarded httpx backend is gone), one client per upstream: the old wire;
+* ``httpcore``: ``httpcore.AsyncConnectionPool`` (httpcore's own class, its own
+  backend), one per upstream.
 
 Run: ``.venv/bin/python -m benchmarks.http_clients [--calls 400 --in-flight 16 --rounds 5
 [--delay-ms 200]]``
-(aiohttp comes with the ``bench`` extra).
+(httpx and httpcore come with the service's httpx dependency, which it keeps for URLs).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from tests.support.proxy import Proxy, start_proxy  # noqa: E402
 from tests.support.registry import RegistryServer, start_registry  # noqa: E402
 from vregistry_server.oci import http  # noqa: E402
 from vregistry_server.oci.egress import AddressClass, EgressScope, enter_scope  # noqa: E402
+from vregistry_server.oci.realm_policy import GuardedConnector  # noqa: E402
 
 PATH = "/v2/library/app/manifests/latest"  # not pushed: a HEAD answered 404, no body
 ACCEPT = {"Accept": "application/vnd.oci.image.index.v1+json"}
@@ -87,44 +89,49 @@ async def _clients(stack: AsyncExitStack, urls: list[str]) -> dict[str, Head]:
     # One client (one pool) per upstream, as the service has.
     plains = [
         await stack.enter_async_context(
-            httpx.AsyncClient(transport=http.guarded_transport(), trust_env=False)
-        )
-        for _ in urls
-    ]
-
-    async def httpx_head(i: int) -> int:
-        enter_scope(scopes[i])  # this call's own task: the backend checks the connection
-        return (await plains[i].request("HEAD", targets[i], headers=ACCEPT)).status_code
-
-    pools = [
-        await stack.enter_async_context(
-            httpcore.AsyncConnectionPool(
-                network_backend=http.PooledNetworkBackend(),
-                max_connections=200,
-                max_keepalive_connections=50,
+            httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                trust_env=False,
             )
         )
         for _ in urls
     ]
 
+    async def httpx_head(i: int) -> int:
+        return (await plains[i].request("HEAD", targets[i], headers=ACCEPT)).status_code
+
+    pools = [
+        await stack.enter_async_context(
+            httpcore.AsyncConnectionPool(max_connections=200, max_keepalive_connections=50)
+        )
+        for _ in urls
+    ]
+
     async def httpcore_head(i: int) -> int:
-        enter_scope(scopes[i])
         return (await pools[i].request("HEAD", targets[i], headers=list(ACCEPT.items()))).status
 
-    session = await stack.enter_async_context(
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200), trust_env=False)
-    )
+    sessions = [
+        await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=GuardedConnector(limit=200),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        )
+        for _ in urls
+    ]
 
     async def aiohttp_head(i: int) -> int:
-        async with session.head(targets[i], headers=ACCEPT, allow_redirects=False) as response:
+        enter_scope(scopes[i])  # this call's own task: the connector checks the connection
+        async with sessions[i].head(targets[i], headers=ACCEPT, allow_redirects=False) as response:
             await response.read()
             return response.status
 
     return {
         "vregistry": vregistry,
+        "aiohttp": aiohttp_head,
         "httpx": httpx_head,
         "httpcore": httpcore_head,
-        "aiohttp": aiohttp_head,
     }
 
 

@@ -11,8 +11,6 @@ import asyncio
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
-import httpx
-
 from vregistry_server.errors import (
     ActionNotAllowed,
     CredentialsUnreadable,
@@ -40,7 +38,7 @@ from vregistry_server.model import (
     Upstream,
 )
 from vregistry_server.oci.auth import Authenticator, auth_identity
-from vregistry_server.oci.http import Budget, make_client
+from vregistry_server.oci.http import Budget, HttpClient, make_client
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import (
     PathError,
@@ -70,7 +68,7 @@ class Resolver:
         self,
         config: Config,
         cache: TokenCache | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: HttpClient | None = None,
         *,
         observer: Observer = NULL_OBSERVER,
         resolve_cache: ResolveCache | None = None,

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support.proxy import ProxyFactory
 from tests.support.registry import RegistryServer
 from tests.support.service import Service, make_config, upstream_entry
@@ -69,19 +71,14 @@ async def test_abandoned_probes_do_not_leak_connections(
 async def test_pool_survives_cancellations_under_contention(
     open_registry: RegistryServer, token_registry: RegistryServer, proxy_factory: ProxyFactory
 ) -> None:
-    import httpx
-
     from tests.support.service import start_service
-    from vregistry_server.oci.http import guarded_transport
+    from vregistry_server.oci.http import make_client
     from vregistry_server.resolver import Resolver
 
-    # A small pool makes callers queue for connections, where httpcore 1.0 loses a
-    # connection slot if the waiting task is cancelled (encode/httpcore#1093).
-    transport = guarded_transport()
-    transport._pool._max_connections = 6
-    client = httpx.AsyncClient(
-        transport=transport, trust_env=False, timeout=httpx.Timeout(5, connect=2)
-    )
+    # A small pool (settings.max_connections_per_upstream below) makes callers queue for
+    # connections, where a cancelled waiter once lost a connection slot (httpcore 1.0,
+    # encode/httpcore#1093); the same must hold for aiohttp's pool.
+    client = make_client(connect_timeout=2, request_timeout=5)
     third = proxy_factory(open_registry, delay_seconds=0.05)
     entries = [
         upstream_entry("first", open_registry.url),
@@ -90,7 +87,10 @@ async def test_pool_survives_cancellations_under_contention(
     ]
     # The bursts below fail on purpose; keep the circuit breaker out of the way.
     config = make_config(
-        entries, {"r": ["first", "second", "third"]}, circuit_failure_threshold=1000
+        entries,
+        {"r": ["first", "second", "third"]},
+        circuit_failure_threshold=1000,
+        max_connections_per_upstream=6,
     )
     service = await start_service(config, resolver=Resolver(config, client=client))
     try:
@@ -109,8 +109,11 @@ async def test_pool_survives_cancellations_under_contention(
         )
         assert {r.upstream.id for r in replies} == {"second"}
         await asyncio.sleep(1.0)  # the abandoned probes of "third" finish
-        stuck = [c for c in transport._pool.connections if not (c.is_idle() or c.is_closed())]
-        assert not stuck, stuck
+        # No connection is still checked out of any upstream's pool (aiohttp's own count).
+        stuck = {
+            key: len(s.connector._acquired) for key, s in client._sessions.items() if s.connector
+        }
+        assert not any(stuck.values()), stuck
     finally:
         await service.close()
         await client.aclose()
@@ -119,9 +122,9 @@ async def test_pool_survives_cancellations_under_contention(
 async def test_probes_reuse_their_connection(
     service_factory: StartService, open_registry: RegistryServer, proxy_factory: ProxyFactory
 ) -> None:
-    # A HEAD's response has no body, but httpcore pools its connection again only once the
-    # end of the message is read; without that read every probe opened a new connection
-    # (a new TCP and TLS handshake per upstream per call on a real registry).
+    # A HEAD's response has no body, but a pool takes its connection back only once the
+    # end of the message is seen (httpcore needed it read); without that every probe
+    # opened a new connection (a TCP and TLS handshake per upstream per call).
     front = proxy_factory(open_registry)
     config = make_config([upstream_entry("open", front.url)], {"r": ["open"]})
     service = await service_factory(config)
@@ -131,3 +134,41 @@ async def test_probes_reuse_their_connection(
         assert reply.upstream.id == "open"
     assert front.count("HEAD") == 5
     assert _sockets_to(port) == {"ESTABLISHED": 1}
+
+
+async def test_upstream_cookies_are_not_kept_and_the_agent_is_ours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A scripted upstream, because no registry sets cookies: one client serves every
+    # caller, so what one upstream sets must never be sent back (aiohttp's DummyCookieJar).
+    # A proxy named by the environment is not used (trust_env=False): it counts nothing.
+    from tests.support.hostile import AcceptCounter
+    from tests.support.scripted import Reply, start_scripted
+    from vregistry_server.oci.egress import OPERATOR_ORIGIN_CLASSES, EgressScope
+    from vregistry_server.oci.http import USER_AGENT, Budget, make_client, send
+
+    server = start_scripted(
+        lambda m, p: Reply(200, b"{}", headers={"Set-Cookie": "session=abc; Path=/"})
+    )
+    proxy = AcceptCounter()
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy.url())
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    port = int(server.url.rsplit(":", 1)[1])
+    scope = EgressScope(
+        key="operator:cookies", origin=("127.0.0.1", port), origin_classes=OPERATOR_ORIGIN_CLASSES
+    )
+    try:
+        async with make_client(connect_timeout=2, request_timeout=5) as client:
+            for _ in range(2):
+                response = await send(
+                    client, "GET", f"{server.url}/v2/", budget=Budget.start(5), scope=scope
+                )
+                assert response.status == 200
+        assert [s.cookie for s in server.seen] == [None, None]
+        assert {s.user_agent for s in server.seen} == {USER_AGENT}
+        assert proxy.accepts == 0
+    finally:
+        server.stop()
+        proxy.stop()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import grpc
-import httpcore
 import pytest
 
 from tests.support.registry import RegistryServer
@@ -16,7 +16,8 @@ from tests.support.token_server import TokenServer
 from vregistry_server.oci.realm_policy import (
     EGRESS_REFUSED,
     AddressClass,
-    GuardedNetworkBackend,
+    EgressRefusedError,
+    GuardedConnector,
     lift_restriction,
     restrict_connections,
 )
@@ -36,15 +37,19 @@ def _resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
 async def test_connections_go_to_the_checked_address(token_server: TokenServer) -> None:
     # "rebind.test" is unknown to the system resolver: connecting at all proves the
     # connection used the address our policy checked, not a second DNS answer.
-    backend = GuardedNetworkBackend(
+    connector = GuardedConnector(
         resolve=_resolver({"rebind.test": ["127.0.0.1"], "meta.test": ["169.254.169.254"]})
     )
+    timeout = aiohttp.ClientTimeout(total=2)
     token = restrict_connections(frozenset({AddressClass.PUBLIC, AddressClass.LOOPBACK}))
     try:
-        stream = await backend.connect_tcp("rebind.test", token_server.port, timeout=2)
-        await stream.aclose()
-        with pytest.raises(httpcore.ConnectError, match=EGRESS_REFUSED):
-            await backend.connect_tcp("meta.test", 80, timeout=2)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            async with session.get(f"http://rebind.test:{token_server.port}/") as response:
+                assert response.status > 0  # it answered: the connection was made
+            with pytest.raises(aiohttp.ClientConnectorError) as caught:
+                await session.get("http://meta.test:80/")
+        assert isinstance(caught.value.os_error, EgressRefusedError)
+        assert EGRESS_REFUSED in str(caught.value.os_error)
     finally:
         lift_restriction(token)
 

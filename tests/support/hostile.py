@@ -7,9 +7,10 @@ observe that the service did not connect at all.
   from a script (a realm that redirects its POST with 307, the host it points to).
 - ``Tarpit``: answers ``/v2/`` at once and then trickles one byte every ``interval``
   seconds of every other response, forever; counts the connections it holds open.
-- ``ConnectLog``: patches httpcore's real network backend (under the guarded one) to record
-  every address the service would open a socket to, and to refuse, rather than reach, any
-  address outside loopback: a test of a refused form can never leave the machine.
+- ``ConnectLog``: patches aiohttp's connector where it opens sockets (after the guarded
+  connector's egress check) to record every address the service would open a socket to,
+  and to refuse, rather than reach, any address outside loopback: a test of a refused
+  form can never leave the machine.
 
 Everything listens on 127.0.0.0/8 only.
 """
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpcore
+import aiohttp
 import pytest
 
 from tests.support.httpserver import BackgroundHTTPServer, QuietHandler
@@ -219,18 +220,21 @@ class ConnectLog:
 @contextmanager
 def connect_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[ConnectLog]:
     log = ConnectLog()
-    real = httpcore.AnyIOBackend.connect_tcp
+    real = aiohttp.TCPConnector._wrap_create_connection
 
     async def recording(
-        self: httpcore.AnyIOBackend, host: str, port: int, *args: Any, **kwargs: Any
-    ) -> httpcore.AsyncNetworkStream:
-        log.attempts.append((host, port))
-        if not (host.startswith("127.") or host == "::1"):
+        self: aiohttp.TCPConnector, *args: Any, addr_infos: list[Any], req: Any, **kwargs: Any
+    ) -> Any:
+        addresses = [(str(info[4][0]), int(info[4][1])) for info in addr_infos]
+        log.attempts += addresses
+        if not all(host.startswith("127.") or host == "::1" for host, _ in addresses):
             # Never leave the machine, whatever the code under test got wrong.
-            raise httpcore.ConnectError(f"test guard: refusing to reach {host}")
-        return await real(self, host, port, *args, **kwargs)
+            raise aiohttp.ClientConnectorError(
+                req.connection_key, OSError(f"test guard: refusing to reach {addresses}")
+            )
+        return await real(self, *args, addr_infos=addr_infos, req=req, **kwargs)
 
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", recording)
+    monkeypatch.setattr(aiohttp.TCPConnector, "_wrap_create_connection", recording)
     yield log
 
 

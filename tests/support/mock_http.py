@@ -1,10 +1,12 @@
-"""Upstreams without processes or sockets, for the unit layer: an ``httpx.MockTransport``
-in place of the network, and a fake DNS for the realm address policy.
+"""Upstreams without processes or sockets, for the unit layer: a mock in place of the
+wire, and a fake DNS for the realm address policy.
 
 ``MockUpstreams`` routes each request by host to a handler (``request -> Response``, sync
-or async) and records every request it saw. ``client()`` is an ``httpx.AsyncClient`` set
-up as ``vregistry_server.oci.http.make_client`` sets up its own, except that the transport
-is the mock: nothing leaves the process.
+or async, written with httpx's Request and Response as plain data) and records every
+request it saw. ``client()`` is a ``MockClient``: what ``vregistry_server.oci.http.send``
+needs of a client (``HttpClient``), with the mock as the wire: nothing leaves the process.
+A handler that raises ``httpx.ConnectError`` or ``httpx.TimeoutException`` plays a refused
+connection or a timeout, raised as aiohttp would raise it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
+from aiohttp.client_reqrep import ConnectionKey
+from yarl import URL
+
+from vregistry_server.oci.egress import EgressScope
+from vregistry_server.oci.http import USER_AGENT, HttpClient, Reply, make_headers
 
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
 
@@ -52,13 +60,8 @@ class MockUpstreams:
             response = await response
         return response
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=httpx.MockTransport(self._handle),
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(10.0, connect=3.0),
-        )
+    def client(self) -> MockClient:
+        return MockClient(self._handle)
 
     def seen(self, host: str | None = None, method: str | None = None) -> list[httpx.Request]:
         return [
@@ -99,3 +102,56 @@ def use_fake_dns(monkeypatch: Any, table: dict[str, list[str]] | None = None) ->
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(token_exchange, "AddressGuard", FakeDnsGuard)
+
+
+@dataclass(eq=False)  # hashable by identity, as send keeps per-client state
+class MockClient:
+    """An ``HttpClient`` whose wire is a handler: the request goes out as an httpx.Request
+    (headers, form body, as aiohttp would send them), the handler's httpx.Response comes
+    back as the ``Reply`` aiohttp's would give."""
+
+    handle: Callable[[httpx.Request], Awaitable[httpx.Response]]
+    connect_timeout: float = 3.0
+
+    async def fetch(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: dict[str, str],
+        data: dict[str, str] | None,
+        http_timeout: aiohttp.ClientTimeout,
+        scope: EgressScope,
+        read_body: bool,
+        limit: int,
+    ) -> Reply:
+        request = httpx.Request(
+            method, str(url), headers={"User-Agent": USER_AGENT, **headers}, data=data
+        )
+        try:
+            response = await self.handle(request)
+        except httpx.TimeoutException as exc:
+            raise TimeoutError(str(exc)) from exc
+        except httpx.TransportError as exc:
+            key = ConnectionKey(
+                url.raw_host or "", url.port, url.scheme == "https", True, None, None, None
+            )
+            raise aiohttp.ClientConnectorError(key, OSError(str(exc))) from exc
+        body: bytes | None = b""
+        if read_body and method != "HEAD":
+            content = await response.aread()
+            body = content if len(content) <= limit else None
+        return Reply(response.status_code, make_headers(response.headers.multi_items()), body)
+
+    async def aclose(self) -> None:
+        pass
+
+    async def __aenter__(self) -> MockClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _is_client(client: MockClient) -> HttpClient:
+    return client  # mypy checks here that MockClient is an HttpClient

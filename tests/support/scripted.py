@@ -20,6 +20,8 @@ class Seen:
     method: str
     path: str
     authorization: str | None
+    cookie: str | None = None
+    user_agent: str | None = None
 
 
 @dataclass
@@ -36,7 +38,16 @@ Script = Callable[[str, str], Reply]
 class _Handler(QuietHandler):
     def _answer(self) -> None:
         owner: ScriptedServer = self.server.owner  # type: ignore[attr-defined]
-        owner.record(Seen(self.command, self.path, self.headers.get("Authorization")))
+        headers = self.headers
+        owner.record(
+            Seen(
+                self.command,
+                self.path,
+                headers.get("Authorization"),
+                headers.get("Cookie"),
+                headers.get("User-Agent"),
+            )
+        )
         self.read_body()
         reply = owner.script(self.command, self.path)
         self.send_bytes(

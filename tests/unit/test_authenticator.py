@@ -1,4 +1,4 @@
-"""The Authenticator against upstreams played by an httpx.MockTransport (no process, no socket).
+"""The Authenticator against upstreams played by a mock wire (no process, no socket).
 
 One table: what ``/v2/`` answers (open, Basic, Bearer), the upstream's credentials, and
 what GetAuthHeaders must give: the headers, the scheme, every request made, and for a
@@ -23,7 +23,7 @@ from tests.support.mock_http import (
 from vregistry_server.errors import CredentialsRejected
 from vregistry_server.model import Credentials, Scheme, Settings, Upstream
 from vregistry_server.oci.auth import Authenticator
-from vregistry_server.oci.http import Budget
+from vregistry_server.oci.http import Budget, HttpClient
 from vregistry_server.oci.paths import parse_path_or_repository
 from vregistry_server.oci.realm_policy import RealmRefused
 from vregistry_server.oci.token_cache import MemoryTokenCache
@@ -121,7 +121,7 @@ def _mock(case: Case) -> MockUpstreams:
     )
 
 
-def _authenticator(client: httpx.AsyncClient) -> Authenticator:
+def _authenticator(client: HttpClient) -> Authenticator:
     return Authenticator(client=client, cache=MemoryTokenCache(), settings=Settings())
 
 

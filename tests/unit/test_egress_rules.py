@@ -1,21 +1,21 @@
 """The egress policy as pure rules (oci/egress.py, rules.py) and in the guarded backend.
 
-The backend tests give GuardedNetworkBackend an inner backend that only counts: a refused
-address must never reach it, so no socket is ever opened for a private, link-local or
-metadata address.
+The connector tests give GuardedConnector a wire that only counts: a refused address
+must never reach it, so no socket is ever opened for a private, link-local or metadata
+address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
 from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
 import pytest
 
+from tests.support.mock_http import MockClient
 from vregistry_server.admin.records import UpstreamRecord, upstream_from_doc, upstream_to_doc
 from vregistry_server.config import ConfigError, build_config
 from vregistry_server.model import Scheme, Settings, Upstream
@@ -33,8 +33,13 @@ from vregistry_server.oci.egress import (
     is_metadata,
     leave_scope,
 )
-from vregistry_server.oci.http import Budget, UpstreamTransports
-from vregistry_server.oci.realm_policy import AddressGuard, GuardedNetworkBackend, host_allowed
+from vregistry_server.oci.http import Budget, UpstreamClient
+from vregistry_server.oci.realm_policy import (
+    AddressGuard,
+    EgressRefusedError,
+    GuardedConnector,
+    host_allowed,
+)
 from vregistry_server.oci.token_cache import MemoryTokenCache
 from vregistry_server.rules import (
     FieldError,
@@ -167,22 +172,28 @@ async def test_operator_and_api_scopes_differ() -> None:
 # --------------------------------------------------------------------------- in the connection
 
 
-class CountingBackend(httpcore.AsyncNetworkBackend):
-    """An inner backend that opens nothing: it only records what it was asked to reach."""
+class CountingConnector(GuardedConnector):
+    """The guarded connector over a wire that opens nothing: it only records the addresses
+    aiohttp was asked to connect to (after the guard's ``_resolve_host``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.connects: list[tuple[str, int]] = []
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.connects.append((host, port))
-        raise httpcore.ConnectError("counting backend: no socket opened")
+    async def _wrap_create_connection(
+        self, *args: Any, addr_infos: list[Any], req: Any, client_error: Any = None, **kwargs: Any
+    ) -> Any:
+        self.connects += [(info[4][0], info[4][1]) for info in addr_infos]
+        raise aiohttp.ClientConnectorError(
+            req.connection_key, OSError("counting connector: no socket opened")
+        )
+
+
+async def _connect(connector: GuardedConnector, host: str, port: int) -> None:
+    """A request through aiohttp's own connection path (literals and names alike)."""
+    netloc = f"[{host}]" if ":" in host else host
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await session.get(f"http://{netloc}:{port}/", timeout=aiohttp.ClientTimeout(total=1))
 
 
 def _resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
@@ -200,10 +211,8 @@ REFUSED_TARGETS = [
 
 
 @pytest.mark.parametrize("host", REFUSED_TARGETS)
-async def test_guarded_backend_opens_no_socket_for_a_refused_address(host: str) -> None:
-    inner = CountingBackend()
-    backend = GuardedNetworkBackend(
-        inner,
+async def test_guarded_connector_opens_no_socket_for_a_refused_address(host: str) -> None:
+    connector = CountingConnector(
         resolve=_resolver(
             {
                 "meta.test": ["169.254.169.254"],
@@ -214,33 +223,33 @@ async def test_guarded_backend_opens_no_socket_for_a_refused_address(host: str) 
     )
     token = enter_scope(EgressScope(key="api:x", origin=("registry.example.com", 443)))
     try:
-        with pytest.raises(httpcore.ConnectError, match=EGRESS_REFUSED):
-            await backend.connect_tcp(host, 80, timeout=1)
+        with pytest.raises(aiohttp.ClientConnectorError) as caught:
+            await _connect(connector, host, 80)
     finally:
         leave_scope(token)
-    assert inner.connects == []
+    assert isinstance(caught.value.os_error, EgressRefusedError)
+    assert EGRESS_REFUSED in str(caught.value.os_error)
+    assert connector.connects == []
 
 
-async def test_guarded_backend_connects_to_the_checked_public_address_only() -> None:
-    inner = CountingBackend()
-    backend = GuardedNetworkBackend(
-        inner, resolve=_resolver({"mixed.test": ["10.0.0.5", "93.184.216.34"]})
-    )
+async def test_guarded_connector_connects_to_the_checked_public_address_only() -> None:
+    connector = CountingConnector(resolve=_resolver({"mixed.test": ["10.0.0.5", "93.184.216.34"]}))
     token = enter_scope(EgressScope(key="api:x"))
     try:
-        with pytest.raises(httpcore.ConnectError, match="counting backend"):
-            await backend.connect_tcp("mixed.test", 443, timeout=1)
+        with pytest.raises(aiohttp.ClientConnectorError) as caught:
+            await _connect(connector, "mixed.test", 443)
     finally:
         leave_scope(token)
-    assert inner.connects == [("93.184.216.34", 443)]
+    assert "counting connector" in str(caught.value.os_error)
+    assert connector.connects == [("93.184.216.34", 443)]
 
 
 async def test_outside_any_operation_the_strict_scope_applies() -> None:
-    inner = CountingBackend()
-    backend = GuardedNetworkBackend(inner)
-    with pytest.raises(httpcore.ConnectError, match=EGRESS_REFUSED):
-        await backend.connect_tcp("127.0.0.1", 80, timeout=1)
-    assert inner.connects == []
+    connector = CountingConnector()
+    with pytest.raises(aiohttp.ClientConnectorError) as caught:
+        await _connect(connector, "127.0.0.1", 80)
+    assert isinstance(caught.value.os_error, EgressRefusedError)
+    assert connector.connects == []
 
 
 # --------------------------------------------------------------------------- the realm rule's port
@@ -281,7 +290,7 @@ async def test_a_ping_in_flight_during_a_url_change_is_not_stored_for_the_new_ur
             return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="old"'})
         return httpx.Response(200)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    async with MockClient(handler) as client:
         auth = Authenticator(client, MemoryTokenCache(), Settings())
         old = Upstream(id="u", name="U", url="https://old.example")
         new = dataclasses.replace(old, url="https://new.example")
@@ -297,14 +306,17 @@ async def test_a_ping_in_flight_during_a_url_change_is_not_stored_for_the_new_ur
 
 
 async def test_connection_pools_are_one_per_upstream_and_bounded() -> None:
-    transports = UpstreamTransports(max_pools=2)
-    first = transports.pool_for(EgressScope(key="api:a", max_connections=3))
-    assert first._pool._max_connections == 3  # settings.max_connections_per_upstream
-    transports.pool_for(EgressScope(key="api:b"))
-    transports.pool_for(EgressScope(key="api:c"))
-    assert transports.pool_for(EgressScope(key="api:b")) is not first
-    assert list(transports._pools) == ["api:c", "api:b"], "the least recently used idle pool went"
-    await transports.aclose()
+    client = UpstreamClient(connect_timeout=1, request_timeout=1, max_pools=2)
+    first = client.session_for(EgressScope(key="api:a", max_connections=3))
+    assert first.connector is not None
+    assert first.connector.limit == 3  # settings.max_connections_per_upstream
+    client.session_for(EgressScope(key="api:b"))
+    client.session_for(EgressScope(key="api:c"))
+    assert client.session_for(EgressScope(key="api:b")) is not first
+    assert list(client._sessions) == ["api:c", "api:b"], "the least recently used idle pool went"
+    await client.aclose()
+    await asyncio.sleep(0)  # the dropped pool's close, started in the background
+    assert first.closed
 
 
 def test_a_stored_document_without_source_reads_fail_closed() -> None:

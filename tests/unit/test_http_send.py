@@ -1,55 +1,77 @@
-"""http.send's one request on the transport: what it keeps of httpx's AsyncClient.send.
+"""http.send's requests as they reach the wire: what it hands the client for each hop.
 
-MockTransport stands in for the upstreams: the point is which transport gets the request
-and what comes back with the response, not the network (tests/integration covers that).
+A recording client stands in for the upstreams (tests/support/mock_http.py's MockClient):
+the point is what ``send`` asks of the wire (URL, headers, timeouts, body reading) and
+what it makes of the reply, not the network (tests/integration covers that, and
+test_connection_hygiene.py the aiohttp session's cookies and User-Agent).
 """
 
 from __future__ import annotations
 
 import httpx
+import pytest
 
-from vregistry_server.oci.http import Budget, send
+from tests.support.mock_http import MockClient
+from vregistry_server.errors import UpstreamProtocolError
+from vregistry_server.oci.http import MAX_BODY_BYTES, USER_AGENT, Budget, send
 
 
-def _client(seen: list[httpx.Request]) -> httpx.AsyncClient:
-    def default(request: httpx.Request) -> httpx.Response:
+def _client(seen: list[httpx.Request], body: bytes = b"ok") -> MockClient:
+    async def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, headers={"Set-Cookie": "session=abc"}, text="default")
+        return httpx.Response(200, content=body)
 
-    def mounted(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, text="mounted")
-
-    return httpx.AsyncClient(
-        transport=httpx.MockTransport(default),
-        mounts={"http://mounted.test": httpx.MockTransport(mounted)},
-        headers={"User-Agent": "ua-test"},
-    )
+    return MockClient(handle, connect_timeout=2.0)
 
 
-async def test_the_clients_transport_and_defaults_are_used() -> None:
+async def test_query_headers_and_user_agent_reach_the_wire() -> None:
     seen: list[httpx.Request] = []
     async with _client(seen) as client:
-        response = await send(client, "GET", "http://default.test/v2/", budget=Budget.start(5))
-        other = await send(client, "GET", "http://mounted.test/v2/", budget=Budget.start(5))
-    assert (response.body, other.body) == (b"default", b"mounted")
-    assert str(response.url) == "http://default.test/v2/"
-    assert seen[0].headers["User-Agent"] == "ua-test"
-    # The budget's timeouts travel with the request, as AsyncClient.send would send them.
-    assert seen[0].extensions["timeout"]["pool"] is None
+        response = await send(
+            client,
+            "GET",
+            "http://default.test/token?service=s",
+            budget=Budget.start(5),
+            headers={"Accept": "application/json"},
+            params=[("scope", "repository:a/b:pull"), ("scope", "repository:c:pull")],
+        )
+    assert response.body == b"ok"
+    assert str(response.url).startswith("http://default.test/token?service=s&scope=")
+    assert seen[0].url.params.get_list("scope") == ["repository:a/b:pull", "repository:c:pull"]
+    assert seen[0].headers["Accept"] == "application/json"
+    assert seen[0].headers["User-Agent"] == USER_AGENT
 
 
-async def test_upstream_cookies_are_not_kept() -> None:
-    # One client serves every caller: what one upstream sets is never sent back.
+async def test_the_budget_sets_the_timeouts() -> None:
+    timeouts: list[tuple[float | None, float | None]] = []
+
+    class Recording(MockClient):
+        async def fetch(self, method, url, **kwargs):  # type: ignore[no-untyped-def]
+            http_timeout = kwargs["http_timeout"]
+            timeouts.append((http_timeout.total, http_timeout.sock_connect))
+            return await super().fetch(method, url, **kwargs)
+
     seen: list[httpx.Request] = []
-    async with _client(seen) as client:
-        for _ in range(2):
+    client = Recording(_client(seen).handle, connect_timeout=2.0)
+    await send(client, "GET", "http://default.test/v2/", budget=Budget.start(5))
+    await send(client, "GET", "http://default.test/v2/", budget=Budget.start(1))
+    (total, connect), (short_total, short_connect) = timeouts
+    assert total is not None and 4.5 < total <= 5
+    assert connect == 2.0, "the configured connect timeout, within the budget"
+    assert short_total is not None and short_connect is not None
+    assert short_connect <= short_total <= 1, "neither outlasts the budget"
+
+
+async def test_an_oversized_body_is_an_error_or_read_as_empty() -> None:
+    seen: list[httpx.Request] = []
+    async with _client(seen, body=b"x" * (MAX_BODY_BYTES + 1)) as client:
+        with pytest.raises(UpstreamProtocolError, match="larger than"):
             await send(client, "GET", "http://default.test/v2/", budget=Budget.start(5))
-        assert not client.cookies
-    assert "cookie" not in seen[1].headers
-
-
-def test_the_private_method_relied_on_exists() -> None:
-    # http._send_once asks the client which transport serves a URL (httpx is pinned).
-    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(204)))
-    assert client._transport_for_url(httpx.URL("http://x.test/")) is client._transport
+        response = await send(
+            client,
+            "GET",
+            "http://default.test/v2/",
+            budget=Budget.start(5),
+            discard_oversized_body=True,
+        )
+    assert (response.status, response.body) == (200, b"")

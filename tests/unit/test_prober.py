@@ -1,4 +1,4 @@
-"""The Prober (ResolveUpstream) against upstreams played by an httpx.MockTransport.
+"""The Prober (ResolveUpstream) against upstreams played by a mock wire (tests/support/mock_http.py).
 
 Tables: which positions have the manifest (the hit is the lowest position that has it,
 whatever the listing order and however slow the others are), and how a miss everywhere
@@ -31,7 +31,7 @@ from vregistry_server.model import (
     Upstream,
 )
 from vregistry_server.oci.auth import Authenticator
-from vregistry_server.oci.http import Budget
+from vregistry_server.oci.http import Budget, HttpClient
 from vregistry_server.oci.paths import parse_path
 from vregistry_server.oci.probe import Prober
 from vregistry_server.oci.token_cache import MemoryTokenCache
@@ -57,7 +57,7 @@ def _registry(*upstreams: Upstream) -> Registry:
     return Registry(id="r", name="R", description="", upstreams=tuple(reversed(members)))
 
 
-def _prober(client: httpx.AsyncClient, settings: Settings) -> tuple[Authenticator, Prober]:
+def _prober(client: HttpClient, settings: Settings) -> tuple[Authenticator, Prober]:
     authenticator = Authenticator(client=client, cache=MemoryTokenCache(), settings=settings)
     return authenticator, Prober(client=client, authenticator=authenticator, settings=settings)
 

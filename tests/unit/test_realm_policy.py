@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import httpx
 import pytest
 
@@ -12,12 +14,12 @@ from vregistry_server.errors import UpstreamProtocolError
 from vregistry_server.model import Upstream
 from vregistry_server.oci.challenge import parse_challenges
 from vregistry_server.oci.egress import EgressScope
-from vregistry_server.oci.http import UpstreamTransports, make_client
+from vregistry_server.oci.http import make_client
 from vregistry_server.oci.ping import discovery_from_challenges
 from vregistry_server.oci.realm_policy import (
     AddressClass,
     AddressGuard,
-    GuardedNetworkBackend,
+    GuardedConnector,
     RealmRefused,
     classify,
     host_allowed,
@@ -129,18 +131,26 @@ async def test_address_rule_after_dns_resolution(
             await guard.admit(upstream, realm)
 
 
-def test_client_transport_uses_the_guarded_backend() -> None:
-    # One pool per upstream (oci/http.py UpstreamTransports), each on the guarded backend.
-    client = make_client(connect_timeout=1, request_timeout=1)
-    transports = client._transport
-    assert isinstance(transports, UpstreamTransports)
-    for key in ("operator:a", "api:b"):
-        transport = transports.pool_for(EgressScope(key=key))
-        assert isinstance(transport, httpx.AsyncHTTPTransport)
-        assert isinstance(transport._pool._network_backend, GuardedNetworkBackend)
-    assert transports.pool_for(EgressScope(key="api:b")) is not transports.pool_for(
-        EgressScope(key="operator:a")
-    )
+async def test_client_sessions_use_the_guarded_connector() -> None:
+    # One pool per upstream (oci/http.py UpstreamClient), each on the guarded connector,
+    # none with a cookie jar or anything from the environment.
+    async with make_client(connect_timeout=1, request_timeout=1) as client:
+        for key in ("operator:a", "api:b"):
+            session = client.session_for(EgressScope(key=key))
+            assert isinstance(session.connector, GuardedConnector)
+            assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
+            assert session.trust_env is False
+        assert client.session_for(EgressScope(key="api:b")) is not client.session_for(
+            EgressScope(key="operator:a")
+        )
+
+
+def test_the_private_method_overridden_exists() -> None:
+    # GuardedConnector replaces TCPConnector._resolve_host (aiohttp is pinned): the one
+    # place aiohttp asks for the addresses of every connection, IP literals included.
+    base = inspect.signature(aiohttp.TCPConnector._resolve_host)
+    assert list(base.parameters) == ["self", "host", "port", "traces"]
+    assert GuardedConnector._resolve_host is not aiohttp.TCPConnector._resolve_host
 
 
 def test_plain_http_realm_refused_for_https_upstream() -> None:

@@ -1,4 +1,4 @@
-"""The one retry policy (oci/retry.py), with the network played by an httpx.MockTransport.
+"""The one retry policy (oci/retry.py), with the network played by a mock (tests/support/mock_http.py).
 
 Tables: which answers are temporary (and so retried, a bounded number of times), how
 Retry-After is read (delay-seconds and HTTP-date), the full-jitter bounds, and the budget
@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import yarl
 
 from tests.support.mock_http import MockUpstreams, bearer_challenge, fake_resolve, token_response
 from vregistry_server.errors import UpstreamRateLimited, UpstreamUnreachable
 from vregistry_server.model import Credentials, Scheme, Settings, Upstream
-from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.http import Budget, HttpClient, Response, make_headers, send
 from vregistry_server.oci.ping import AuthDiscovery, ping
 from vregistry_server.oci.realm_policy import AddressGuard
 from vregistry_server.oci.retry import (
@@ -41,7 +42,7 @@ FAST = RetryPolicy(attempts=3, backoff_seconds=0.001, max_retry_after_wait_secon
 
 
 def _response(status: int, **headers: str) -> Response:
-    return Response(status, httpx.Headers(headers), b"", httpx.URL(URL))
+    return Response(status, make_headers(headers), b"", yarl.URL(URL))
 
 
 class Recorder:
@@ -345,7 +346,7 @@ async def test_ping_keeps_failing_is_unreachable_after_the_attempts() -> None:
 DISCOVERY_CHALLENGE = bearer_challenge(REALM, "svc")["WWW-Authenticate"]
 
 
-def _exchanger(client: httpx.AsyncClient) -> TokenExchanger:
+def _exchanger(client: HttpClient) -> TokenExchanger:
     return TokenExchanger(client, AddressGuard(resolve=fake_resolve()), retry=FAST)
 
 

@@ -25,7 +25,7 @@ from vregistry_server.errors import (
 )
 from vregistry_server.model import AuthHeaders, Credentials, Scheme, Settings, Upstream
 from vregistry_server.oci.basic import basic_authorization
-from vregistry_server.oci.http import Budget
+from vregistry_server.oci.http import Budget, HttpClient
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import RegistryPath, pull_scope
 from vregistry_server.oci.ping import AuthDiscovery, ping
@@ -60,7 +60,7 @@ T = TypeVar("T")
 class Authenticator:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         cache: TokenCache,
         settings: Settings,
         *,

@@ -1,31 +1,37 @@
 """The HTTP plumbing every upstream call shares.
 
-One long-lived httpx.AsyncClient with one connection pool per upstream
-(connection reuse matters on the hot path; a slow upstream fills only its own),
-every connection checked by the egress policy (oci/egress.py), bodies read with
-a cap, redirects followed by hand so that ``Authorization`` and a form body
-never travel to another host, at most ``max_in_flight_per_upstream`` exchanges
-per upstream, a hard deadline on each, and a time budget that respects both the
-configured timeout and the caller's gRPC deadline.
+One long-lived client (aiohttp) with one connection pool per upstream (connection
+reuse matters on the hot path; a slow upstream fills only its own), every connection
+checked by the egress policy (oci/egress.py, realm_policy.GuardedConnector), bodies
+read with a cap, redirects followed by hand so that ``Authorization`` and a form body
+never travel to another host, at most ``max_in_flight_per_upstream`` exchanges per
+upstream, a hard deadline on each, and a time budget that respects both the configured
+timeout and the caller's gRPC deadline.
+
+aiohttp rather than httpx (the design's first choice): a HEAD on a pooled connection
+costs about a fifth of the CPU (benchmarks/RESULTS.md, issue 11, HTTP clients), and
+the cold ResolveUpstream is three of them. httpx.URL is still the URL type callers
+pass around; only the wire moved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 import ssl
 import time
 import weakref
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import httpcore
+import aiohttp
+import certifi
 import httpx
-from httpcore._utils import is_socket_readable
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from vregistry_server.errors import (
     EgressRefused,
@@ -34,15 +40,18 @@ from vregistry_server.errors import (
     UpstreamUnreachable,
 )
 from vregistry_server.oci.egress import (
-    EGRESS_REFUSED,
     STRICT_SCOPE,
     EgressScope,
-    current_scope,
     default_port,
     enter_scope,
     literal_addresses,
 )
-from vregistry_server.oci.realm_policy import GuardedNetworkBackend
+from vregistry_server.oci.realm_policy import (
+    EgressRefusedError,
+    GuardedConnector,
+    Resolve,
+    system_resolve,
+)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
@@ -51,128 +60,179 @@ MAX_ABANDONED_EXCHANGES = 2000
 MAX_POOLS = 1024
 USER_AGENT = "vregistry/0.1 (+https://github.com/vregistry/vregistry)"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Idle pooled connections are closed after this long (httpx's default was 5 s).
+KEEPALIVE_SECONDS = 5.0
+
+Headers = CIMultiDictProxy[str]
 
 
-def make_client(*, connect_timeout: float, request_timeout: float) -> httpx.AsyncClient:
-    # trust_env=False: no proxy or .netrc from the environment can inject credentials.
-    return httpx.AsyncClient(
-        follow_redirects=False,
-        trust_env=False,
-        timeout=httpx.Timeout(request_timeout, connect=connect_timeout),
-        transport=UpstreamTransports(),
-        headers={"User-Agent": USER_AGENT},
-    )
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One response as the wire gives it: ``body`` None when it was larger than the cap
+    (the rest is never read, and the connection is dropped)."""
+
+    status: int
+    headers: Headers
+    body: bytes | None
 
 
-def guarded_transport(max_connections: int = 200) -> httpx.AsyncHTTPTransport:
-    """httpx's transport, with connections that obey the egress policy (oci/egress.py).
+class HttpClient(Protocol):
+    """What ``send`` needs of a client: UpstreamClient, or a mock in the unit tests."""
 
-    httpx does not expose httpcore's network_backend, so it is set on the pool
-    it built (httpx is pinned; tests/unit/test_realm_policy.py checks this holds).
-    """
-    transport = httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=min(max_connections, 50),
-        )
-    )
-    transport._pool._network_backend = PooledNetworkBackend()
-    return transport
+    connect_timeout: float
 
-
-class PooledNetworkBackend(GuardedNetworkBackend):
-    """The guarded backend, whose streams answer httpcore's "is it readable?" cheaply.
-
-    httpcore asks that of every idle connection in the pool each time a request is
-    assigned one (``has_expired``), and anyio answers by building its whole table of socket
-    attributes first: with 16 idle connections that was most of the pool's CPU per request
-    in the cold ResolveUpstream profile (benchmarks/RESULTS.md).
-    """
-
-    async def connect_tcp(
+    async def fetch(
         self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await super().connect_tcp(host, port, timeout, local_address, socket_options)
-        return _ReadableStream(stream)
+        method: str,
+        url: URL,
+        *,
+        headers: dict[str, str],
+        data: dict[str, str] | None,
+        http_timeout: aiohttp.ClientTimeout,
+        scope: EgressScope,
+        read_body: bool,
+        limit: int,
+    ) -> Reply: ...
+
+    async def aclose(self) -> None: ...
 
 
-class _ReadableStream(httpcore.AsyncNetworkStream):
-    """A network stream as it is, with the raw socket looked up once (it never changes)."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
-    ) -> httpcore.AsyncNetworkStream:
-        return _ReadableStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            # What httpcore's AnyIOStream answers, without rebuilding anyio's attribute table.
-            return is_socket_readable(self._socket)
-        return self._inner.get_extra_info(info)
+def make_client(*, connect_timeout: float, request_timeout: float) -> UpstreamClient:
+    return UpstreamClient(connect_timeout=connect_timeout, request_timeout=request_timeout)
 
 
-class UpstreamTransports(httpx.AsyncBaseTransport):
-    """One connection pool per upstream (the key of the request's egress scope).
+def tls_context() -> ssl.SSLContext:
+    """The CAs upstream certificates are checked against: certifi's bundle, as httpx used."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+class UpstreamClient:
+    """One aiohttp session, and so one connection pool, per upstream (the key of the
+    request's egress scope).
 
     A tarpit upstream then fills only its own pool, and a connection opened under one
     upstream's egress rule is never reused by another upstream whose rule is stricter
-    (an API upstream on the same origin as an operator one).
+    (an API upstream on the same origin as an operator one). Every session: no cookie
+    jar (one client serves every caller, so an upstream's Set-Cookie is neither kept nor
+    sent back), nothing from the environment (trust_env=False: no proxy or .netrc can
+    inject credentials), redirects never followed by aiohttp (``send`` does it).
+    Sessions are made on first use, inside the event loop, as aiohttp wants.
     """
 
-    def __init__(self, max_pools: int = MAX_POOLS) -> None:
-        self._pools: OrderedDict[str, httpx.AsyncHTTPTransport] = OrderedDict()
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        request_timeout: float,
+        max_pools: int = MAX_POOLS,
+        resolve: Resolve = system_resolve,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
         self._max_pools = max_pools
+        self._resolve = resolve
+        self._sessions: OrderedDict[str, aiohttp.ClientSession] = OrderedDict()
+        self._busy: Counter[str] = Counter()
         self._closing: set[asyncio.Future[None]] = set()
+        self._tls: ssl.SSLContext | None = None
 
-    def pool_for(self, scope: EgressScope) -> httpx.AsyncHTTPTransport:
-        pool = self._pools.get(scope.key)
-        if pool is None:
-            pool = self._pools[scope.key] = guarded_transport(scope.max_connections)
-            self._drop_idle_pools()
+    def session_for(self, scope: EgressScope) -> aiohttp.ClientSession:
+        session = self._sessions.get(scope.key)
+        if session is None:
+            session = self._sessions[scope.key] = self._new_session(scope)
+            self._drop_idle_sessions()
         else:
-            self._pools.move_to_end(scope.key)
-        return pool
+            self._sessions.move_to_end(scope.key)
+        return session
 
-    def _drop_idle_pools(self) -> None:
+    def _new_session(self, scope: EgressScope) -> aiohttp.ClientSession:
+        if self._tls is None:
+            self._tls = tls_context()
+        connector = GuardedConnector(
+            resolve=self._resolve,
+            limit=scope.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+            ssl=self._tls,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT},
+            timeout=aiohttp.ClientTimeout(
+                total=self.request_timeout, sock_connect=self.connect_timeout
+            ),
+        )
+
+    def _drop_idle_sessions(self) -> None:
         # Least recently used first: pools of upstreams gone (or of TestUpstream's unsaved
         # ones) with no request in flight; their idle connections are closed in the background.
-        for key in list(self._pools)[: max(len(self._pools) - self._max_pools, 0)]:
-            pool = self._pools[key]
-            if pool._pool._requests:
+        for key in list(self._sessions)[: max(len(self._sessions) - self._max_pools, 0)]:
+            if self._busy[key]:
                 continue
-            del self._pools[key]
-            closing = asyncio.ensure_future(pool.aclose())
+            session = self._sessions.pop(key)
+            del self._busy[key]
+            closing = asyncio.ensure_future(session.close())
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self.pool_for(current_scope()).handle_async_request(request)
+    async def fetch(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: dict[str, str],
+        data: dict[str, str] | None,
+        http_timeout: aiohttp.ClientTimeout,
+        scope: EgressScope,
+        read_body: bool,
+        limit: int,
+    ) -> Reply:
+        """One request, no redirect followed. A HEAD's response or a body read to its end
+        gives the connection back to the pool; a body left unread (or cut at the cap)
+        closes it."""
+        session = self.session_for(scope)
+        self._busy[scope.key] += 1
+        try:
+            async with session.request(
+                method, url, headers=headers, data=data, timeout=http_timeout, allow_redirects=False
+            ) as response:
+                body = await _read_capped(response, limit) if read_body else b""
+                if body is None:
+                    response.close()
+                return Reply(response.status, response.headers, body)
+        finally:
+            self._busy[scope.key] -= 1
 
     async def aclose(self) -> None:
-        pools, self._pools = list(self._pools.values()), OrderedDict()
-        for pool in pools:
-            await pool.aclose()
+        sessions, self._sessions = list(self._sessions.values()), OrderedDict()
+        for session in sessions:
+            await session.close()
+
+    async def __aenter__(self) -> UpstreamClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` bytes (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def make_headers(items: Any = ()) -> Headers:
+    """A read-only case-insensitive header map (what Response.headers is), from a mapping
+    or (name, value) pairs: for mocks and tests."""
+    return CIMultiDictProxy(CIMultiDict(items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,66 +269,50 @@ class Response:
     """A response whose body, if read, is at most MAX_BODY_BYTES."""
 
     status: int
-    headers: httpx.Headers
+    headers: Headers
     body: bytes
-    url: httpx.URL
+    url: URL
 
     def header_values(self, name: str) -> list[str]:
-        return self.headers.get_list(name)
+        return self.headers.getall(name, [])
 
 
-async def read_capped(
-    response: httpx.Response, limit: int = MAX_BODY_BYTES, *, discard_oversized: bool = False
-) -> bytes:
-    """The body, at most ``limit`` bytes; a larger one raises, or with ``discard_oversized``
-    reads as empty (the rest is never read: closing the response drops the connection)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            if discard_oversized:
-                return b""
-            raise UpstreamProtocolError(
-                f"response from {_origin(response.url)} is larger than {limit} bytes"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _origin(url: object) -> str:
+    """scheme://host[:port] of a URL (for messages: never its path, query or userinfo)."""
+    parsed = httpx.URL(str(url))
+    return f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}"
 
 
-def _origin(url: httpx.URL) -> str:
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
-
-
-def describe_transport_error(exc: Exception, url: httpx.URL | str) -> str:
-    origin = _origin(httpx.URL(str(url)))
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+def describe_transport_error(exc: BaseException, url: object) -> str:
+    origin = _origin(url)
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return f"timed out talking to {origin}"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {origin}"
     return f"connection to {origin} failed ({type(exc).__name__})"
 
 
 @asynccontextmanager
-async def transport_errors(url: httpx.URL | str) -> AsyncIterator[None]:
+async def transport_errors(url: object) -> AsyncIterator[None]:
     """Turn connection failures and timeouts into UpstreamUnreachable."""
     try:
         yield
-    except (httpx.TransportError, TimeoutError) as exc:
-        if isinstance(exc, httpx.ConnectError) and EGRESS_REFUSED in str(exc):
-            # The guarded backend refused before opening a socket: nothing was sent.
-            raise EgressRefused(f"{exc}; nothing was sent") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        refused = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else None
+        if isinstance(refused, EgressRefusedError):
+            # The guarded connector refused before opening a socket: nothing was sent.
+            raise EgressRefused(f"{refused}; nothing was sent") from None
         raise UpstreamUnreachable(describe_transport_error(exc, url)) from None
 
 
 # Exchanges whose caller stopped waiting (deadline, or a probe that lost the race):
-# held here until they end by httpx's own timeouts, so they are never garbage-collected
+# held here until they end by their own timeouts, so they are never garbage-collected
 # half-way and their errors are always retrieved.
 _abandoned: set[asyncio.Task[Response]] = set()
 # Per client and upstream (egress scope key): a slot for every exchange not finished yet,
 # abandoned ones included. Per client, so that a client (and its event loop) gone takes its
 # slots along.
-_slots: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[str, asyncio.Semaphore]] = (
+_slots: weakref.WeakKeyDictionary[HttpClient, dict[str, asyncio.Semaphore]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -277,7 +321,7 @@ RedirectCheck = Callable[[httpx.URL], None]
 
 
 async def _take_slot(
-    client: httpx.AsyncClient, scope: EgressScope, budget: Budget, url: str | httpx.URL
+    client: HttpClient, scope: EgressScope, budget: Budget, url: object
 ) -> asyncio.Semaphore:
     """Wait, within the budget, until the upstream has fewer than ``max_in_flight``
     exchanges; a tarpit's callers wait for the tarpit, nobody else does."""
@@ -293,14 +337,14 @@ async def _take_slot(
             await slot.acquire()
     except TimeoutError:
         raise UpstreamUnreachable(
-            f"{scope.max_in_flight} requests to {_origin(httpx.URL(str(url)))} are still in "
+            f"{scope.max_in_flight} requests to {_origin(url)} are still in "
             "flight (settings.max_in_flight_per_upstream) and none ended within the time budget"
         ) from None
     return slot
 
 
 async def send(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     method: str,
     url: str | httpx.URL,
     *,
@@ -330,18 +374,16 @@ async def send(
     a larger one is an UpstreamProtocolError, or with ``discard_oversized_body`` (for
     callers that only need the status) an empty body.
 
-    The exchange is never cancelled in the middle: httpcore 1.0 can lose a pooled
-    connection when a task is cancelled while it connects or closes (encode/httpcore
-    #1093, #1115), which under load filled the pool with sockets in CLOSE-WAIT. So
-    it runs on its own task, bounded by httpx timeouts set from the budget, and a
-    caller that stops waiting (its deadline, or a probe that lost the race) simply
-    leaves it to finish.
+    The exchange runs on its own task, bounded by the request's timeouts set from the
+    budget: a caller that stops waiting (its deadline, or a probe that lost the race)
+    leaves it to finish, and its in-flight slot is held until it really has, so a
+    tarpit cannot be handed more connections than ``max_in_flight`` by impatient callers.
     """
     if len(_abandoned) >= MAX_ABANDONED_EXCHANGES:
         # Upstreams are not answering and callers keep giving up: shed load rather
         # than queue ever more requests behind them.
         raise UpstreamUnreachable(
-            f"too many unanswered upstream requests in flight; not contacting {_origin(httpx.URL(str(url)))}"
+            f"too many unanswered upstream requests in flight; not contacting {_origin(url)}"
         )
     slot = await _take_slot(client, scope, budget, url)
     try:
@@ -380,7 +422,7 @@ async def send(
 
 
 def _start_exchange(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     method: str,
     url: str | httpx.URL,
     *,
@@ -396,21 +438,22 @@ def _start_exchange(
 ) -> asyncio.Task[Response]:
     remaining = budget.remaining()
     if remaining <= 0:
-        raise UpstreamUnreachable(f"timed out before contacting {_origin(httpx.URL(str(url)))}")
-    # No pool timeout: httpcore's own pool-wait timeout is a cancellation and strands
-    # the connection it was about to hand over (#1093); the wait is bounded by the
-    # budget below instead, and the other timeouts end the exchange soon after.
-    timeout = httpx.Timeout(
-        remaining, connect=min(remaining, client.timeout.connect or remaining), pool=None
+        raise UpstreamUnreachable(f"timed out before contacting {_origin(url)}")
+    # The whole exchange (pool wait, connect, response, body) within the budget; the
+    # socket's connect within the configured connect timeout as well.
+    timeout = aiohttp.ClientTimeout(
+        total=remaining, sock_connect=min(remaining, client.connect_timeout)
     )
+    target = URL(str(url))
+    if params:
+        target = target.extend_query(params)
     return asyncio.ensure_future(
         _exchange(
             client,
             method,
-            httpx.URL(str(url)),
+            target,
             http_timeout=timeout,
             headers=dict(headers or {}),
-            params=params,
             data=data,
             read_body=read_body,
             follow_redirects=follow_redirects,
@@ -424,9 +467,8 @@ def _start_exchange(
 def _bound(exchange: asyncio.Task[Response], scope: EgressScope, slot: asyncio.Semaphore) -> None:
     """Hold the upstream's slot until the exchange ends, and end it by the hard deadline.
 
-    The cap is a cancellation of the exchange's own task: httpcore closes the connection
-    of a response whose reading is cancelled (a trickling tarpit is cut off here), where
-    the per-read timeouts alone would let one byte every few seconds go on forever.
+    The cap is a cancellation of the exchange's own task: aiohttp closes the connection
+    of a response whose reading is cancelled (a trickling tarpit is cut off here).
     """
     cap = asyncio.get_running_loop().call_later(scope.hard_deadline_seconds, exchange.cancel)
 
@@ -453,13 +495,12 @@ def _abandon(exchange: asyncio.Task[Response]) -> None:
 
 
 async def _exchange(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     method: str,
-    current: httpx.URL,
+    current: URL,
     *,
-    http_timeout: httpx.Timeout,
+    http_timeout: aiohttp.ClientTimeout,
     headers: dict[str, str],
-    params: list[tuple[str, str]] | None,
     data: dict[str, str] | None,
     read_body: bool,
     follow_redirects: bool,
@@ -474,58 +515,39 @@ async def _exchange(
     async with transport_errors(current):
         for _hop in range(MAX_REDIRECTS + 1):
             await _check_literal(scope, current)
-            request = client.build_request(
+            reply = await client.fetch(
                 method,
                 current,
                 headers=headers,
-                params=tuple(params) if params else None,
                 data=data,
-                timeout=http_timeout,
+                http_timeout=http_timeout,
+                scope=scope,
+                read_body=read_body,
+                limit=MAX_BODY_BYTES,
             )
-            response = await _send_once(client, request)
-            try:
-                location = response.headers.get("location")
-                if follow_redirects and response.status_code in REDIRECT_STATUSES and location:
-                    target = current.join(location)
-                    check_redirect(current, target)
-                    if redirect_check is not None:
-                        redirect_check(target)
-                    if not same_host(target, original):
-                        _refuse_body_elsewhere(response.status_code, data, current, target)
-                        headers.pop("Authorization", None)
-                        headers.pop("authorization", None)
-                    if response.status_code == 303 and method != "HEAD":
-                        method, data = "GET", None
-                    current, params = target, None
-                    continue
+            location = reply.headers.get("location")
+            if follow_redirects and reply.status in REDIRECT_STATUSES and location:
+                target = current.join(URL(location))
+                check_redirect(current, target)
+                if redirect_check is not None:
+                    redirect_check(httpx.URL(str(target)))
+                if not same_host(target, original):
+                    _refuse_body_elsewhere(reply.status, data, current, target)
+                    headers.pop("Authorization", None)
+                    headers.pop("authorization", None)
+                if reply.status == 303 and method != "HEAD":
+                    method, data = "GET", None
+                current = target
+                continue
+            body = reply.body
+            if body is None:
+                if not discard_oversized_body:
+                    raise UpstreamProtocolError(
+                        f"response from {_origin(current)} is larger than {MAX_BODY_BYTES} bytes"
+                    )
                 body = b""
-                if method == "HEAD":
-                    # No body comes, but httpcore returns the connection to the pool only
-                    # once it has seen the end of the message: without this read every
-                    # probe opened (and shook hands on) a new connection.
-                    await response.aread()
-                elif read_body:
-                    body = await read_capped(response, discard_oversized=discard_oversized_body)
-                return Response(response.status_code, response.headers, body, response.url)
-            finally:
-                await response.aclose()
+            return Response(reply.status, reply.headers, body, current)
     raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {_origin(current)}")
-
-
-async def _send_once(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
-    """``client.send(request, stream=True)`` without the parts of it this module never uses.
-
-    No auth flow, redirects or event hooks are set on the client (redirects are followed
-    by hand above), and its cookie jar is left out: one client serves every caller, so an
-    upstream's Set-Cookie is neither kept nor sent back. What remains is the transport
-    (the client's mounts, if any, still choose it); the rest cost CPU on every request
-    (benchmarks/RESULTS.md, cold ResolveUpstream). httpx is pinned, and
-    tests/unit/test_http_send.py checks the private method this relies on.
-    """
-    transport = client._transport_for_url(request.url)
-    response = await transport.handle_async_request(request)
-    response.request = request
-    return response
 
 
 @functools.lru_cache(maxsize=1024)
@@ -535,21 +557,22 @@ def _literal(host: str) -> tuple[str, ...] | None:
     return None if addresses is None else tuple(addresses)
 
 
-async def _check_literal(scope: EgressScope, url: httpx.URL) -> None:
+async def _check_literal(scope: EgressScope, url: URL) -> None:
     """An IP-literal host is judged before the pool is asked: a pooled connection is
-    never reused for an address the scope refuses (names are judged in connect_tcp)."""
-    literal = _literal(url.host)
-    addresses = None if literal is None else list(literal)
-    if addresses is None:
+    never reused for an address the scope refuses (new connections are judged in
+    GuardedConnector, names and literals alike)."""
+    host = url.raw_host or ""
+    literal = _literal(host)
+    if literal is None:
         return
     port = url.port or default_port(url.scheme)
-    refusal = scope.refusal(url.host, port, addresses, await scope.classes_for(url.host, port))
+    refusal = scope.refusal(host, port, list(literal), await scope.classes_for(host, port))
     if refusal is not None:
         raise EgressRefused(f"{refusal}; nothing was sent")
 
 
 def _refuse_body_elsewhere(
-    status: int, data: dict[str, str] | None, current: httpx.URL, target: httpx.URL
+    status: int, data: dict[str, str] | None, current: URL, target: URL
 ) -> None:
     """A 307/308 replays the body; to another host that would hand it the OAuth2 form
     (password, refresh token). Refused rather than sent without a body: a body-less token
@@ -562,12 +585,23 @@ def _refuse_body_elsewhere(
         )
 
 
-def same_host(a: httpx.URL, b: httpx.URL) -> bool:
+class _AnyURL(Protocol):
+    """httpx.URL (the callers') and yarl's URL (the wire's) alike."""
+
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def port(self) -> int | None: ...
+
+
+def same_host(a: _AnyURL, b: _AnyURL) -> bool:
     """Would Authorization meant for ``a`` stay where it belongs at ``b``?"""
-    return (a.host, a.port) == (b.host, b.port)
+    return (a.host, a.port or default_port(a.scheme)) == (b.host, b.port or default_port(b.scheme))
 
 
-def check_redirect(current: httpx.URL, target: httpx.URL) -> None:
+def check_redirect(current: _AnyURL, target: _AnyURL) -> None:
     """A redirect must stay on http(s) and never downgrade https to http."""
     if target.scheme not in {"http", "https"}:
         raise UpstreamProtocolError(f"redirect from {_origin(current)} to a non-http URL")

@@ -26,7 +26,7 @@ from vregistry_server.oci.challenge import (
     preferred_challenge,
 )
 from vregistry_server.oci.egress import STRICT_SCOPE, EgressScope
-from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.http import Budget, HttpClient, Response, send
 from vregistry_server.oci.realm_policy import check_realm_host
 from vregistry_server.oci.retry import (
     DEFAULT_RETRY_POLICY,
@@ -57,7 +57,7 @@ NO_AUTH = AuthDiscovery(Scheme.NONE)
 
 
 async def ping(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     upstream: Upstream,
     budget: Budget,
     retry: RetryPolicy = DEFAULT_RETRY_POLICY,

@@ -53,6 +53,7 @@ from vregistry_server.oci.http import (
     MAX_REDIRECTS,
     REDIRECT_STATUSES,
     Budget,
+    HttpClient,
     Response,
     check_redirect,
     same_host,
@@ -82,7 +83,7 @@ _HEAD_REFUSED_STATUSES = frozenset({400, 405, 501})
 class Prober:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         authenticator: Authenticator,
         settings: Settings,
         breaker: CircuitBreaker | None = None,

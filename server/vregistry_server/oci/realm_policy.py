@@ -14,7 +14,7 @@ proxy. Three rules, after ggcr, distribution's proxy and regclient:
    allowed to be (checked in ping.py; redirects never downgrade, see http.py).
 3. Address: the egress policy (oci/egress.py) of the upstream, checked here
    before the first byte (``AddressGuard.admit``) and again in every connection
-   (``GuardedNetworkBackend``), so a name that resolves differently the second
+   (``GuardedConnector``), so a name that resolves differently the second
    time (DNS rebinding) still cannot reach a refused address.
 """
 
@@ -24,11 +24,13 @@ import asyncio
 import contextvars
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
+from aiohttp.abc import ResolveResult
+from aiohttp.tracing import Trace
 from publicsuffixlist import PublicSuffixList
 
 from vregistry_server.errors import RealmRefused
@@ -218,52 +220,55 @@ def lift_restriction(token: contextvars.Token[EgressScope]) -> None:
     leave_scope(token)
 
 
-class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    """Every connection: resolve, check against the current egress scope, connect to the
-    checked address (never a second DNS answer). Refused: no socket is opened."""
+class EgressRefusedError(OSError):
+    """A connection the egress policy refused before any socket was opened.
 
-    def __init__(
-        self, inner: httpcore.AsyncNetworkBackend | None = None, resolve: Resolve = system_resolve
-    ) -> None:
-        self._inner = inner or httpcore.AnyIOBackend()
-        self._resolve = resolve
+    An OSError, so that aiohttp reports it as the connection's failure
+    (ClientConnectorError, its ``os_error``); oci/http.py turns it into EgressRefused.
+    """
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        scope = current_scope()
-        try:
-            addresses = literal_addresses(host) or await self._resolve(host, port)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        classes = await scope.classes_for(host, port)
-        permitted = [a for a in addresses if scope.permits(a, classes)]
-        if not permitted:
-            refusal = scope.refusal(host, port, addresses, classes)
-            raise httpcore.ConnectError(refusal or EGRESS_REFUSED)
-        last_error: Exception | None = None
-        for address in permitted:
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last_error = exc
-        assert last_error is not None
-        raise last_error
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are not used for upstreams")
+async def guarded_addresses(host: str, port: int, resolve: Resolve = system_resolve) -> list[str]:
+    """The addresses of ``host`` the current egress scope lets a connection reach.
 
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    Resolved once here and only these are connected to (never a second DNS answer, so
+    DNS rebinding cannot slip past); none permitted raises EgressRefusedError.
+    """
+    scope = current_scope()
+    addresses = literal_addresses(host) or await resolve(host, port)
+    classes = await scope.classes_for(host, port)
+    permitted = [a for a in addresses if scope.permits(a, classes)]
+    if not permitted:
+        raise EgressRefusedError(scope.refusal(host, port, addresses, classes) or EGRESS_REFUSED)
+    return permitted
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, whose every new connection obeys the egress policy.
+
+    aiohttp asks ``_resolve_host`` for the addresses of each connection it opens, IP
+    literals included, and connects only to what it returns: here, the addresses the
+    current scope permits (guarded_addresses). Refused: no socket is opened. No DNS
+    cache, so every connection is judged on a fresh answer. aiohttp is pinned, and
+    tests/unit/test_egress_rules.py checks that this override is what connects.
+    """
+
+    def __init__(self, *, resolve: Resolve = system_resolve, **kwargs: Any) -> None:
+        super().__init__(use_dns_cache=False, **kwargs)
+        self._resolve_addresses = resolve
+
+    async def _resolve_host(
+        self, host: str, port: int, traces: Sequence[Trace] | None = None
+    ) -> list[ResolveResult]:
+        addresses = await guarded_addresses(host, port, self._resolve_addresses)
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            }
+            for address in addresses
+        ]

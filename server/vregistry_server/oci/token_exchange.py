@@ -31,7 +31,7 @@ from vregistry_server.errors import (
 from vregistry_server.model import Credentials, Upstream
 from vregistry_server.oci.basic import basic_authorization
 from vregistry_server.oci.egress import EgressScope
-from vregistry_server.oci.http import Budget, Response, send
+from vregistry_server.oci.http import Budget, HttpClient, Response, send
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.ping import AuthDiscovery
 from vregistry_server.oci.realm_policy import AddressGuard, check_realm_host
@@ -77,7 +77,7 @@ class TokenExchanger:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         guard: AddressGuard | None = None,
         *,
         observer: Observer = NULL_OBSERVER,
