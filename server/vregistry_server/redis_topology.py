@@ -22,7 +22,11 @@ Keys that one command, transaction or script touches together must share a hash 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -32,6 +36,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 Kind = Literal["standalone", "sentinel", "cluster"]
 STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -345,6 +350,67 @@ async def drop_idle_connections(client: RedisClient) -> None:
     """
     if isinstance(client, aioredis.Redis):
         await client.connection_pool.disconnect(inuse_connections=False)
+
+
+# While degraded, Redis is tried again only after this long.
+OUTAGE_RETRY_SECONDS = 1.0
+
+
+class RedisOutage:
+    """How a cache that falls back to process memory sees its Redis: answering, or degraded.
+
+    After a failure Redis is left alone for ``OUTAGE_RETRY_SECONDS`` (monotonic time): a
+    Redis that hangs instead of refusing would otherwise cost every call a socket timeout.
+    The next try first drops the idle pooled connections, which lead to the Redis that
+    failed: a restarted Redis would otherwise fail one stale connection per back-off
+    period, and the cache stay degraded for as many seconds as the pool held connections.
+    The token cache and the resolution cache each keep one.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        what: str,
+        log: logging.Logger,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.degraded = False
+        self._client = client
+        self._what = what
+        self._log = log
+        self._on_change = on_change
+        self._retry_at = 0.0
+        self._stale_connections = False
+
+    def skip(self) -> bool:
+        """Within the back-off: do not try Redis now."""
+        return self.degraded and time.monotonic() < self._retry_at
+
+    async def before_try(self) -> None:
+        if not self._stale_connections:
+            return
+        self._stale_connections = False
+        with contextlib.suppress(RedisError, OSError):
+            await drop_idle_connections(self._client)
+
+    def failed(self, exc: Exception) -> None:
+        self._stale_connections = True
+        self._retry_at = time.monotonic() + OUTAGE_RETRY_SECONDS
+        if not self.degraded:
+            self.degraded = True
+            if self._on_change is not None:
+                self._on_change(True)
+            self._log.warning(
+                f"{self._what} degraded: Redis unreachable, using process memory",
+                extra={"error": type(exc).__name__},
+            )
+
+    def answered(self) -> None:
+        if self.degraded:
+            self.degraded = False
+            if self._on_change is not None:
+                self._on_change(False)
+            self._log.info(f"{self._what} recovered: Redis answers again")
 
 
 def is_cluster(client: RedisClient) -> bool:

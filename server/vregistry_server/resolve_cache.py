@@ -52,14 +52,11 @@ from vregistry_server.model import (
 from vregistry_server.oci.auth import auth_identity
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import Endpoint, PathError, RegistryPath, parse_path
-from vregistry_server.redis_topology import RedisClient, connect
+from vregistry_server.redis_topology import RedisClient, RedisOutage, connect
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "vregistry:resolve:v1:"
-# While Redis fails, it is tried again only after this long (as the token cache does): a
-# Redis that hangs instead of refusing would otherwise cost every call a socket timeout.
-REDIS_RETRY_SECONDS = 1.0
 # What an entry costs in process memory beyond its encoded size (the objects around it).
 ENTRY_OVERHEAD_BYTES = 512
 _CACHEABLE = frozenset({Endpoint.MANIFESTS, Endpoint.BLOBS})
@@ -320,9 +317,8 @@ class ResolveCache:
                 ca_file=settings.redis_ca_file,
             )
         self._redis = redis
-        self.degraded = False
-        self._retry_at = 0.0  # monotonic: the back-off is real time, whatever the clock says
-        self._stale_connections = False
+        # The back-off is real (monotonic) time, whatever the injected clock says.
+        self._outage = RedisOutage(redis, "resolution cache", log) if redis is not None else None
         # Registry fingerprints, kept with the Registry object they were computed from:
         # the hot path pays an identity check, not a hash over every member.
         self._fingerprints: dict[str, tuple[Registry, str]] = {}
@@ -453,32 +449,22 @@ class ResolveCache:
         except (RedisError, OSError) as exc:
             self._mark_degraded(exc)
 
+    @property
+    def degraded(self) -> bool:
+        return self._outage is not None and self._outage.degraded
+
     def _skip_redis(self) -> bool:
-        return self.degraded and time.monotonic() < self._retry_at
+        return self._outage is not None and self._outage.skip()
 
     async def _drop_stale_connections(self) -> None:
-        """After a failure, idle pooled connections lead to the Redis that failed: drop them,
-        so a restarted Redis is used again at once rather than one stale socket at a time."""
-        if not self._stale_connections:
-            return
-        self._stale_connections = False
-        pool = getattr(self._redis, "connection_pool", None)  # absent on a cluster client
-        if pool is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pool.disconnect(inuse_connections=False)
+        if self._outage is not None:
+            await self._outage.before_try()
 
     def _mark_degraded(self, exc: Exception) -> None:
         self._observer.resolve_cache("redis", "error")
-        self._stale_connections = True
-        self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
-        if not self.degraded:
-            self.degraded = True
-            log.warning(
-                "resolution cache degraded: Redis unreachable, using process memory",
-                extra={"error": type(exc).__name__},
-            )
+        if self._outage is not None:
+            self._outage.failed(exc)
 
     def _mark_healthy(self) -> None:
-        if self.degraded:
-            self.degraded = False
-            log.info("resolution cache recovered: Redis answers again")
+        if self._outage is not None:
+            self._outage.answered()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import enum
 import functools
 import hashlib
@@ -31,12 +30,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
-from vregistry_server.redis_topology import connect, drop_idle_connections, is_cluster
+from vregistry_server.redis_topology import RedisOutage, connect, is_cluster
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "vregistry:token:v1:"
-REDIS_RETRY_SECONDS = 1.0
 MAX_REDIS_CONNECTIONS = 32
 # How long a call waits for a pooled connection: a queue behind a healthy Redis under a
 # cold burst, not an outage (a hung Redis still fails each command at its socket timeout).
@@ -213,11 +211,7 @@ class RedisTokenCache:
             retry_on_timeout=False,
         )
         self._fallback = MemoryTokenCache(observer=observer)
-        self.degraded = False
-        # While degraded, Redis is only tried again after this time (monotonic): a Redis
-        # that hangs instead of refusing would otherwise cost every call a socket timeout.
-        self._retry_at = 0.0
-        self._stale_connections = False
+        self._outage = RedisOutage(self._redis, "token cache", log, observer.token_cache_degraded)
         # The near cache: a small in-process layer in front of Redis, so the hot path
         # usually makes no Redis round trip at all. An entry lives at most
         # ``near_cache_seconds`` and never past the Redis entry's own TTL, so a token
@@ -225,27 +219,18 @@ class RedisTokenCache:
         self.near_cache_seconds = near_cache_seconds
         self._near = MemoryTokenCache(near_cache_entries) if near_cache_seconds > 0 else None
 
+    @property
+    def degraded(self) -> bool:
+        return self._outage.degraded
+
     def _skip_redis(self) -> bool:
-        return self.degraded and time.monotonic() < self._retry_at
-
-    async def _drop_stale_connections(self) -> None:
-        """After a failure, the idle pooled connections are to the Redis that failed.
-
-        A restarted Redis would otherwise fail one stale connection per back-off period,
-        so the cache would stay degraded for as many seconds as the pool held
-        connections; dropping the idle ones makes the next try use a fresh connection.
-        """
-        if not self._stale_connections:
-            return
-        self._stale_connections = False
-        with contextlib.suppress(RedisError, OSError):
-            await drop_idle_connections(self._redis)
+        return self._outage.skip()
 
     async def get(self, key: str) -> CachedToken | None:
         if self._skip_redis():
             return await self._fallback.get(key)
         near = self._near
-        await self._drop_stale_connections()
+        await self._outage.before_try()
         if near is None:
             try:
                 raw = await self._redis.get(key)
@@ -287,7 +272,7 @@ class RedisTokenCache:
             await self._near.set(key, token, min(self.near_cache_seconds, ttl_seconds))
         if self._skip_redis():
             return
-        await self._drop_stale_connections()
+        await self._outage.before_try()
         try:
             await self._redis.set(key, self._encode(key, token), px=ttl_ms)
         except (RedisError, OSError) as exc:
@@ -312,7 +297,7 @@ class RedisTokenCache:
             await self._near.delete_many(keys)
         if self._skip_redis():
             return
-        await self._drop_stale_connections()
+        await self._outage.before_try()
         batch = list(keys)
         try:
             # A cluster client splits one DEL by slot itself (one pipeline per node); a
@@ -350,7 +335,7 @@ class RedisTokenCache:
 
     async def _send_claims(self, batch: Sequence[tuple[str, str, int]]) -> list[Any] | None:
         """One pipeline of claim scripts; None when Redis failed (the cache is degraded)."""
-        await self._drop_stale_connections()
+        await self._outage.before_try()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, owner, lease_ms in batch:
@@ -437,21 +422,10 @@ class RedisTokenCache:
 
     def _mark_degraded(self, exc: Exception) -> None:
         self._observer.token_cache(self.name, "error")
-        self._stale_connections = True
-        self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
-        if not self.degraded:
-            self.degraded = True
-            self._observer.token_cache_degraded(True)
-            log.warning(
-                "token cache degraded: Redis unreachable, using process memory",
-                extra={"error": type(exc).__name__},
-            )
+        self._outage.failed(exc)
 
     def _mark_healthy(self) -> None:
-        if self.degraded:
-            self.degraded = False
-            self._observer.token_cache_degraded(False)
-            log.info("token cache recovered: Redis answers again")
+        self._outage.answered()
 
 
 # KEYS[1] the token key, KEYS[2] its lease (same slot: ``lease_key``);
