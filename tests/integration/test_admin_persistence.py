@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.admin import AdminService, new_keyring, start_admin_service
+from tests.support.admin import (
+    AdminService,
+    new_keyring,
+    redis_replicas,
+    start_admin_service,
+    until,
+)
 from tests.support.processes import RedisServer
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import upstream_service_pb2 as pb
@@ -141,23 +147,8 @@ async def test_key_rotation_reencrypts_at_start(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def replicas(clean_redis: RedisServer) -> AsyncIterator[tuple[AdminService, AdminService]]:
-    keyring, _ = new_keyring("shared")
-    a = await start_admin_service(store="redis", redis_url=clean_redis.url, keyring=keyring)
-    b = await start_admin_service(store="redis", redis_url=clean_redis.url, keyring=keyring)
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
-
-
-async def _until(predicate: object, limit: float = 1.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        if predicate():  # type: ignore[operator]
-            return time.monotonic() - started
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"not seen within {limit}s")
+    async with redis_replicas(clean_redis.url) as pair:
+        yield pair
 
 
 async def test_replicas_on_one_redis_see_changes_within_a_second(
@@ -166,13 +157,13 @@ async def test_replicas_on_one_redis_see_changes_within_a_second(
     a, b = replicas
     started = time.monotonic()
     await a.create_upstream("u1", "https://one.example", username=SECRET_USER, password=SECRET)
-    await _until(lambda: "u1" in b.resolver.config.upstreams)
+    await until(lambda: "u1" in b.resolver.config.upstreams)
     lag = time.monotonic() - started  # the write on A and its arrival on B
     await b.create_registry("r")
     await b.add("r", "u1")
     lag = max(
         lag,
-        await _until(
+        await until(
             lambda: (
                 "r" in a.resolver.config.registries
                 and len(a.resolver.config.registries["r"].upstreams) == 1
@@ -186,13 +177,13 @@ async def test_replicas_on_one_redis_see_changes_within_a_second(
     assert creds is not None and creds.password == SECRET
     await a.update_upstream("groups/g1/upstreams/u1", ["url"], url="https://moved.example")
     lag = max(
-        lag, await _until(lambda: b.resolver.config.upstreams["u1"].url == "https://moved.example")
+        lag, await until(lambda: b.resolver.config.upstreams["u1"].url == "https://moved.example")
     )
     assert b.resolver.config.upstreams["u1"].credentials is None
     await b.admin.DeleteUpstream(
         cpb.DeleteUpstreamRequest(name="groups/g1/upstreams/u1", force=True), timeout=10
     )
-    lag = max(lag, await _until(lambda: "u1" not in a.resolver.config.upstreams))
+    lag = max(lag, await until(lambda: "u1" not in a.resolver.config.upstreams))
     print(f"worst replica lag: {lag * 1000:.1f} ms")
     assert lag < 1.0
 
@@ -239,10 +230,10 @@ async def test_replica_recovers_after_a_redis_restart(
 ) -> None:
     a, b = replicas
     await a.create_upstream("before", "https://before.example")
-    await _until(lambda: "before" in b.resolver.config.upstreams)
+    await until(lambda: "before" in b.resolver.config.upstreams)
     clean_redis.stop()
     await asyncio.sleep(0.3)
     clean_redis.start()
     # Redis came back empty (no persistence in the fixture): a write after it still reaches B.
     await a.create_upstream("after", "https://after.example")
-    await _until(lambda: "after" in b.resolver.config.upstreams, limit=8.0)
+    await until(lambda: "after" in b.resolver.config.upstreams, limit=8.0)

@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.admin import AdminService, new_keyring, start_admin_service
+from tests.support.admin import (
+    AdminService,
+    new_keyring,
+    redis_replicas,
+    until,
+)
 from tests.support.certs import make_pki
 from tests.support.processes import ManagedProcess, RedisServer, free_port
 from tests.support.redis_topologies import ClusterTopology, SentinelTopology
@@ -193,21 +198,8 @@ async def test_store_change_is_notified_not_polled(topology: Topology) -> None:
 
 @pytest.fixture
 async def replicas(topology: Topology) -> AsyncIterator[tuple[AdminService, AdminService]]:
-    keyring, _ = new_keyring("shared")
-    a = await start_admin_service(store="redis", redis_url=topology.url, keyring=keyring)
-    b = await start_admin_service(store="redis", redis_url=topology.url, keyring=keyring)
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
-
-
-async def _until(predicate: object, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not seen within {limit}s"
-        await asyncio.sleep(0.01)
+    async with redis_replicas(topology.url) as pair:
+        yield pair
 
 
 async def test_replicas_share_the_store_and_survive_a_failover(
@@ -215,7 +207,7 @@ async def test_replicas_share_the_store_and_survive_a_failover(
 ) -> None:
     a, b = replicas
     await a.create_upstream("before", "https://before.example")
-    await _until(lambda: "before" in b.resolver.config.upstreams, 1.0)
+    await until(lambda: "before" in b.resolver.config.upstreams, 1.0)
     topology.kill_master()
     await asyncio.to_thread(topology.wait_for_failover, 20.0)
     # Writes work again on the promoted master, and replica B hears of them.
@@ -227,7 +219,7 @@ async def test_replicas_share_the_store_and_survive_a_failover(
         except Exception:
             assert time.monotonic() < deadline, "no write accepted after the failover"
             await asyncio.sleep(0.2)
-    await _until(lambda: "after" in b.resolver.config.upstreams, 8.0)
+    await until(lambda: "after" in b.resolver.config.upstreams, 8.0)
     reply = await b.admin.GetUpstream(cpb.GetUpstreamRequest(name="groups/g1/upstreams/after"))
     assert reply.upstream.url == "https://after.example"
 

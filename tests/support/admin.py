@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,3 +184,26 @@ class CapturedLogs(logging.Handler):
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+
+@contextlib.asynccontextmanager
+async def redis_replicas(redis_url: str) -> AsyncIterator[tuple[AdminService, AdminService]]:
+    """Two admin replicas sharing one ``--store redis`` (one keyring), closed after."""
+    keyring, _ = new_keyring("shared")
+    a = await start_admin_service(store="redis", redis_url=redis_url, keyring=keyring)
+    b = await start_admin_service(store="redis", redis_url=redis_url, keyring=keyring)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def until(predicate: Callable[[], bool], limit: float = 1.0) -> float:
+    """Seconds until ``predicate()`` holds (polled every 5 ms); AssertionError after ``limit``."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if predicate():
+            return time.monotonic() - started
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"not seen within {limit}s")
