@@ -35,9 +35,11 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def wait_serving(self, timeout: float = 20) -> None:
+    def wait_serving(
+        self, timeout: float = 20, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         self._log.flush()
-        wait_serving(self.process, self.target, self.log_path, timeout)
+        wait_serving(self.process, self.target, self.log_path, timeout, credentials)
 
     def logs(self) -> str:
         if not self._log.closed:
@@ -57,14 +59,25 @@ class ServerProcess:
 
 
 def wait_serving(
-    process: subprocess.Popen[bytes], target: str, log_path: Path, timeout: float = 20
+    process: subprocess.Popen[bytes],
+    target: str,
+    log_path: Path,
+    timeout: float = 20,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
-    """Poll the gRPC health service until SERVING; fail with the server's log if it dies."""
+    """Poll the gRPC health service until SERVING; fail with the server's log if it dies.
+
+    ``credentials``: a TLS port (with a client certificate for mTLS); plaintext without."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"server exited early:\n{log_path.read_text(errors='replace')}")
-        with grpc.insecure_channel(target) as channel:
+        channel = (
+            grpc.insecure_channel(target)
+            if credentials is None
+            else grpc.secure_channel(target, credentials)
+        )
+        with channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=0.5

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ import grpc
 import httpx
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.certs import Pem, Pki, make_pki
 from tests.support.processes import free_port
@@ -45,30 +43,13 @@ class Running:
     encoded: str  # base64(user:password), the Basic header's value
 
     def channel(self, client: Pem) -> grpc.Channel:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.pki.ca.cert,
-            private_key=client.key,
-            certificate_chain=client.cert,
-        )
-        return grpc.secure_channel(self.server.target, credentials)
+        return grpc.secure_channel(self.server.target, _credentials(self.pki, client))
 
 
-def _wait_serving_tls(running: Running, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running.server.process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{running.server.logs()}")
-        with running.channel(running.pki.client) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=0.5
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.1)
-    raise AssertionError(f"server not serving after {timeout}s:\n{running.server.logs()}")
+def _credentials(pki: Pki, client: Pem) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.cert, private_key=client.key, certificate_chain=client.cert
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +98,7 @@ def running(
     encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
     state = Running(server, pki, metrics_port, password, encoded)
     try:
-        _wait_serving_tls(state)
+        server.wait_serving(credentials=_credentials(pki, pki.client))
         yield state
     finally:
         assert server.stop() == 0, server.logs()

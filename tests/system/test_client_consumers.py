@@ -24,7 +24,6 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.certs import Pki, make_pki
 from tests.support.consumers import (
@@ -57,29 +56,6 @@ class Served:
     token_user: str
     token_password: str
     hit_digest: str
-
-
-def _wait_serving_tls(served: Served, timeout: float = 30) -> None:
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=served.pki.ca.cert,
-        private_key=served.pki.client.key,
-        certificate_chain=served.pki.client.cert,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if served.server.process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{served.server.logs()}")
-        with grpc.secure_channel(served.server.target, credentials) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=0.5
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.1)
-    raise AssertionError(f"server not serving after {timeout}s:\n{served.server.logs()}")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +94,12 @@ def served(
         token_registry.images["public/alpine:latest"].digest,
     )
     try:
-        _wait_serving_tls(state)
+        mtls = grpc.ssl_channel_credentials(
+            root_certificates=pki.ca.cert,
+            private_key=pki.client.key,
+            certificate_chain=pki.client.cert,
+        )
+        server.wait_serving(30, mtls)
         yield state
     finally:
         assert server.stop() == 0, server.logs()
