@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vregistry_server.oci.challenge import (
+    MAX_CHALLENGES,
     MAX_HEADER_LENGTH,
+    MAX_PARAMS,
     Challenge,
     ChallengeParseError,
     parse_challenges,
@@ -380,6 +382,25 @@ def test_adversarial_input_is_fast(header: str) -> None:
     with contextlib.suppress(ChallengeParseError):
         parse_challenges([header[:MAX_HEADER_LENGTH]] * 10)
     assert time.perf_counter() - started < 1.0
+
+
+def test_challenge_count_is_capped_across_header_values() -> None:
+    at_cap = ["Basic"] * MAX_CHALLENGES
+    assert len(parse_challenges(at_cap)) == MAX_CHALLENGES
+    with pytest.raises(ChallengeParseError, match=f"more than {MAX_CHALLENGES} challenges"):
+        parse_challenges([", ".join(at_cap), "Bearer"])
+    with pytest.raises(ChallengeParseError, match=f"more than {MAX_CHALLENGES} challenges"):
+        parse_challenges(["a," * 4000])
+
+
+def test_parameter_count_is_capped_duplicates_included() -> None:
+    at_cap = "Bearer " + ",".join(f"p{i}=v" for i in range(MAX_PARAMS))
+    assert len(parse_challenges(at_cap)[0].params) == MAX_PARAMS
+    with pytest.raises(ChallengeParseError, match=f"more than {MAX_PARAMS} parameters"):
+        parse_challenges(at_cap + ",extra=v")
+    # Repeating one name is the same work as new names: counted too.
+    with pytest.raises(ChallengeParseError, match=f"more than {MAX_PARAMS} parameters"):
+        parse_challenges("Bearer " + "a=b," * 2000)
 
 
 # ---------------------------------------------------------------------- Challenge and preference

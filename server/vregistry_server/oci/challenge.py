@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 __all__ = [
+    "MAX_CHALLENGES",
     "MAX_HEADER_LENGTH",
+    "MAX_PARAMS",
     "Challenge",
     "ChallengeParseError",
     "parse_challenges",
@@ -28,6 +30,11 @@ __all__ = [
 
 MAX_HEADER_LENGTH = 8192
 """Longest single header value accepted, in characters."""
+MAX_CHALLENGES = 32
+"""Most challenges accepted in one response; a registry sends one or two. A cap, so a hostile
+upstream's 8 KB of ``a,a,a,…`` costs a parse error instead of thousands of objects per probe."""
+MAX_PARAMS = 32
+"""Most parameters accepted in one challenge (Bearer uses realm, service, scope, error...)."""
 
 _SNIPPET = 30  # input characters echoed in an error message, at most
 
@@ -117,11 +124,12 @@ def preferred_challenge(challenges: Sequence[Challenge]) -> Challenge | None:
 
 
 class _Builder:
-    __slots__ = ("params", "scheme", "token68")
+    __slots__ = ("params", "scheme", "seen", "token68")
 
     def __init__(self, scheme: str) -> None:
         self.scheme = scheme
         self.params: dict[str, str] = {}
+        self.seen = 0  # parameters read, duplicates included (the cap counts work, not keys)
         self.token68: str | None = None
 
     def build(self) -> Challenge:
@@ -168,6 +176,12 @@ class _Scanner:
                         f"{_clip(current.scheme)!r}",
                         pos,
                     )
+                current.seen += 1
+                if current.seen > MAX_PARAMS:
+                    raise self._error(
+                        f"scheme {_clip(current.scheme)!r} has more than {MAX_PARAMS} parameters",
+                        pos,
+                    )
                 value, pos = self._value(name, eq + 1)
                 current.params.setdefault(name.lower(), value)
                 expect_param = False
@@ -176,6 +190,8 @@ class _Scanner:
             else:
                 if current is not None:
                     out.append(current.build())
+                if len(out) >= MAX_CHALLENGES:
+                    raise self._error(f"more than {MAX_CHALLENGES} challenges", pos)
                 current = _Builder(name.lower())
                 pos, expect_param = self._after_scheme(current, after_name)
                 if expect_param:
