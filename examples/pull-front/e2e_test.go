@@ -3,7 +3,9 @@ package main
 // The end-to-end test: real skopeo and crane pull through the front (run in-process with the
 // command's own run(), flags and all) from the real vregistry-server and registries described
 // by the stack file in PULL_FRONT_STACK (tests/system/test_pull_front.py writes it). Without
-// the variable these tests skip; the front/ unit tests never need it.
+// the variable these tests skip; the front/ unit tests never need it. When the stack's
+// "vregistry" section has "tls", the server is mTLS and every front presents the client
+// certificate with the caller token, as a deployment's would.
 
 import (
 	"bytes"
@@ -12,6 +14,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +23,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vregistry/vregistry/examples/pull-front/front"
 )
 
 const clientTimeout = 60 * time.Second
@@ -27,6 +33,8 @@ type stackFile struct {
 	Vregistry struct {
 		Target      string `json:"target"`
 		CallerToken string `json:"caller_token"`
+		// TLS is set when vregistry-server requires mTLS (nil: plaintext on loopback).
+		TLS *stackTLS `json:"tls"`
 	} `json:"vregistry"`
 	Tools struct {
 		Skopeo       string `json:"skopeo"`
@@ -36,6 +44,13 @@ type stackFile struct {
 	WorkDir    string                                  `json:"work_dir"`
 	Registries map[string]struct{ Upstreams []string } `json:"registries"`
 	Images     []stackImage                            `json:"images"`
+}
+
+// stackTLS are PEM files: the CA that signed the server's certificate and the client's.
+type stackTLS struct {
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
 }
 
 type stackImage struct {
@@ -156,20 +171,48 @@ func (l *lineLog) records(msg string) []map[string]any {
 	return out
 }
 
+// tlsArgs are the front's flags for the stack's server: none for plaintext, else the CA and,
+// withClientCert, the client certificate and key (mTLS).
+func tlsArgs(s *stackFile, withClientCert bool) []string {
+	tls := s.Vregistry.TLS
+	if tls == nil {
+		return nil
+	}
+	if !withClientCert {
+		return []string{"--tls-ca", tls.CA}
+	}
+	return []string{"--tls-ca", tls.CA, "--tls-cert", tls.Cert, "--tls-key", tls.Key}
+}
+
 // startFront is the front for registryID, started once per test binary with the command's flags:
-// a free loopback port, the caller token from a file, plaintext gRPC to the loopback server.
+// a free loopback port, the caller token from a file, mTLS to the server when the stack has it.
 func startFront(t *testing.T, s *stackFile, registryID string) *runningFront {
+	t.Helper()
+	f := startNamedFront(t, s, registryID, registryID, tlsArgs(s, true)...)
+	want := "plaintext"
+	if s.Vregistry.TLS != nil {
+		want = "mtls"
+	}
+	if got := f.log.records("listening")[0]["vregistry_transport"]; got != want {
+		t.Fatalf("the front for %s started with transport %v, want %s", registryID, got, want)
+	}
+	return f
+}
+
+// startNamedFront starts (once per name) a front for registryID with these extra flags; its log
+// is front-<name>.log in the work dir.
+func startNamedFront(t *testing.T, s *stackFile, name, registryID string, extra ...string) *runningFront {
 	t.Helper()
 	frontsMu.Lock()
 	defer frontsMu.Unlock()
-	if f, ok := fronts[registryID]; ok {
+	if f, ok := fronts[name]; ok {
 		return f
 	}
 	tokenFile := filepath.Join(s.WorkDir, "front-caller-token")
 	if err := os.WriteFile(tokenFile, []byte(s.Vregistry.CallerToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	file, err := os.Create(filepath.Join(s.WorkDir, "front-"+registryID+".log"))
+	file, err := os.Create(filepath.Join(s.WorkDir, "front-"+name+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,15 +223,16 @@ func startFront(t *testing.T, s *stackFile, registryID string) *runningFront {
 		"--listen", "127.0.0.1:0", "--vregistry", s.Vregistry.Target, "--registry-id", registryID,
 		"--caller-token-file", tokenFile, "--shutdown-grace", "5s", "--log-level", "debug",
 	}
+	args = append(args, extra...)
 	go func() { f.done <- run(ctx, args, func(string) string { return "" }, log) }()
 	select {
 	case f.addr = <-log.listening:
 	case err := <-f.done:
-		t.Fatalf("the front for %s stopped: %v", registryID, err)
+		t.Fatalf("the front %s stopped: %v", name, err)
 	case <-time.After(10 * time.Second):
-		t.Fatalf("the front for %s did not log listening", registryID)
+		t.Fatalf("the front %s did not log listening", name)
 	}
-	fronts[registryID] = f
+	fronts[name] = f
 	return f
 }
 
@@ -441,5 +485,87 @@ func TestE2ECorruptBlob(t *testing.T) {
 	}
 	if cut == 0 {
 		t.Fatalf("no response for %s was cut off after the mismatch", img.CorruptBlob)
+	}
+}
+
+// TestE2EFrontNeedsClientCert: a front that trusts the server's CA but has no client
+// certificate cannot reach the mTLS vregistry-server (the handshake is refused; the caller
+// token alone is not enough). A pull gets the README's answer for a service it cannot reach,
+// 503 UNAVAILABLE as an OCI error body, after the one wait-for-ready retry (rpcs: 2) bounded
+// by front.DefaultReconnectWait, not a hang; and the front's log holds no caller token.
+func TestE2EFrontNeedsClientCert(t *testing.T) {
+	s := loadStack(t)
+	if s.Vregistry.TLS == nil {
+		t.Fatal("the stack's vregistry-server is plaintext: this test needs the mTLS world (pull_world(tls=True))")
+	}
+	img := image(t, s, "both")
+	f := startNamedFront(t, s, img.Registry+"-no-client-cert", img.Registry, tlsArgs(s, false)...)
+	if got := f.log.records("listening")[0]["vregistry_transport"]; got != "tls" {
+		t.Fatalf("the front without a client certificate started with transport %v, want tls", got)
+	}
+	path := "/v2/" + img.Repository + "/manifests/" + img.Tag
+	httpc := &http.Client{Timeout: front.DefaultReconnectWait + 20*time.Second}
+	started := time.Now()
+	resp, err := httpc.Get("http://" + f.addr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	elapsed := time.Since(started)
+	var oci struct {
+		Errors []struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"errors"`
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable || json.Unmarshal(body, &oci) != nil ||
+		len(oci.Errors) != 1 || oci.Errors[0].Code != "UNAVAILABLE" {
+		t.Fatalf("pull without a client certificate: %d %s", resp.StatusCode, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	if limit := front.DefaultReconnectWait + 5*time.Second; elapsed > limit {
+		t.Fatalf("the 503 took %s, more than %s", elapsed, limit)
+	}
+	if strings.Contains(string(body), s.Vregistry.CallerToken) {
+		t.Fatal("the error body holds the caller token")
+	}
+	checkRefusedRequest(t, f, path)
+	_ = f.log.file.Sync()
+	raw, err := os.ReadFile(f.log.file.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), s.Vregistry.CallerToken) {
+		t.Fatal("the front's log holds the caller token")
+	}
+}
+
+// checkRefusedRequest: the front logged the failed resolve (503) and the request line, which
+// counts the retry that waited for the channel.
+func checkRefusedRequest(t *testing.T, f *runningFront, path string) {
+	t.Helper()
+	servicePath := strings.TrimPrefix(path, "/v2/")
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var failed, requests int
+		for _, rec := range f.log.records("resolve failed") {
+			if rec["path"] == servicePath && rec["status"] == 503.0 {
+				failed++
+			}
+		}
+		for _, rec := range f.log.records("request") {
+			if rec["path"] == path && rec["status"] == 503.0 && rec["rpcs"] == 2.0 {
+				requests++
+			}
+		}
+		if failed == 1 && requests == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("front log: %d 'resolve failed' 503 lines and %d 503 request lines with rpcs 2 for %s, want 1 and 1",
+				failed, requests, path)
+		}
 	}
 }

@@ -2,8 +2,8 @@ package main
 
 // The command's gRPC channel: mTLS with --tls-ca/--tls-cert/--tls-key and the caller token,
 // against a gRPC server on 127.0.0.1 that requires a client certificate. Its ResolveUpstream is
-// the fake answer (the e2e test runs against the real vregistry-server, over plaintext on
-// loopback as the harness starts it); the upstream is a real httptest server.
+// the fake answer (the e2e test runs the same flags against the real, mTLS vregistry-server);
+// the upstream is a real httptest server.
 
 import (
 	"bufio"

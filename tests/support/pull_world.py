@@ -9,11 +9,16 @@ benchmarks/pull_front.py. It starts
   command line);
 * ``corrupt``: a third docker-registry that serves one blob with wrong bytes (below);
 * ``vregistry-server`` with upstreams open/token/corrupt, registries ``main`` = [open, token]
-  and ``corrupt`` = [corrupt], a random caller token in a ``--callers-file``;
+  and ``corrupt`` = [corrupt], a random caller token in a ``--callers-file``, and with
+  ``tls=True`` (the system test) mTLS: certificates of tests/support/certs.py in ``pki/`` of the
+  work dir (a server certificate for 127.0.0.1, the CA its clients' certificates must chain to,
+  a client certificate), so the front reaches it as a deployment would, with a client
+  certificate AND the caller token;
 
 pushes the images (``shared/app:v1`` holding a DIFFERENT image in open and in token,
 ``only/second:v1`` only in token, ``bad/app:v1`` in corrupt) and writes the stack
-file that ``examples/pull-front/e2e_test.go`` reads (its ``stackFile`` type is the format).
+file that ``examples/pull-front/e2e_test.go`` reads (its ``stackFile`` type is the format;
+its ``"vregistry"`` section has ``"tls": {"ca", "cert", "key"}`` paths when the server is mTLS).
 
 The corrupt blob: the bytes of one layer are flipped in place in the corrupt registry's
 filesystem storage, after the push. Length, ``Content-Length`` and ``Docker-Content-Digest``
@@ -45,8 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
+from tests.support.certs import Pki, make_pki
 from tests.support.images import ManifestKind, PushedImage
 from tests.support.processes import free_port
 from tests.support.proxy import Proxy, start_proxy
@@ -89,27 +96,52 @@ class PullWorld:
     images: dict[str, PushedImage]
     caller_token: str
     caller_token_file: Path
-    #: Values that must appear in no log: the caller token and the upstream password.
+    #: Values that must appear in no log: the caller token, the upstream password and (mTLS)
+    #: the first line of the client's private key.
     secrets: tuple[str, ...]
     metrics_port: int | None = None
+    #: The certificates of an mTLS server (None: the gRPC port is plaintext).
+    pki: Pki | None = None
     _server_args: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> str:
         return self.server.target
 
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        return client_credentials(self.pki)
+
     def restart_server(self) -> None:
         """Stop vregistry-server and start it again on the same port (its caches empty)."""
         self.server.stop()
         log = self.workdir / f"server-{len(list(self.workdir.glob('server*.log')))}.log"
         self.server = ServerProcess(self._server_args, server_env(), self.server.port, log)
-        self.server.wait_serving(30)
+        self.server.wait_serving(30, self.channel_credentials())
 
     def server_logs(self) -> str:
         """Every vregistry-server log of this world (restarts included)."""
         return "".join(
             p.read_text(errors="replace") for p in sorted(self.workdir.glob("server*.log"))
         )
+
+
+def client_credentials(pki: Pki | None) -> grpc.ChannelCredentials | None:
+    """What a client of the mTLS server presents: the CA to trust and the client certificate
+    (None: a plaintext server)."""
+    if pki is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.cert,
+        private_key=pki.client.key,
+        certificate_chain=pki.client.cert,
+    )
+
+
+def _key_line(pki: Pki | None) -> tuple[str, ...]:
+    """The first base64 line of the client's private key (a log leaking the key holds it)."""
+    if pki is None:
+        return ()
+    return (pki.client.key.decode().splitlines()[1],)
 
 
 def crane_path() -> Path:
@@ -267,7 +299,11 @@ def _server_config(workdir: Path, urls: dict[str, str], user: str, password: str
 
 
 def _start_server(
-    workdir: Path, config: dict[str, Any], caller_token: str, metrics_port: int | None
+    workdir: Path,
+    config: dict[str, Any],
+    caller_token: str,
+    metrics_port: int | None,
+    pki: Pki | None,
 ) -> tuple[ServerProcess, list[str]]:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     callers = workdir / "callers"
@@ -279,9 +315,14 @@ def _start_server(
     ]
     if metrics_port is not None:
         args += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    if pki is not None:
+        args += [
+            *("--tls-cert", str(pki.server.cert_path), "--tls-key", str(pki.server.key_path)),
+            *("--tls-client-ca", str(pki.ca.cert_path)),
+        ]
     server = ServerProcess(args, server_env(), port, workdir / "server.log")
     try:
-        server.wait_serving(30)
+        server.wait_serving(30, client_credentials(pki))
     except AssertionError:
         server.stop()
         raise
@@ -289,14 +330,25 @@ def _start_server(
 
 
 def _write_stack(
-    workdir: Path, target: str, caller_token: str, entries: list[dict[str, Any]]
+    workdir: Path,
+    target: str,
+    caller_token: str,
+    pki: Pki | None,
+    entries: list[dict[str, Any]],
 ) -> tuple[Path, dict[str, Any]]:
     policy = workdir / "skopeo-policy.json"
     policy.write_text(json.dumps(SKOPEO_POLICY) + "\n")
     scratch = workdir / "scratch"
     scratch.mkdir(exist_ok=True)
+    vregistry: dict[str, Any] = {"target": target, "caller_token": caller_token}
+    if pki is not None:
+        vregistry["tls"] = {
+            "ca": str(pki.ca.cert_path),
+            "cert": str(pki.client.cert_path),
+            "key": str(pki.client.key_path),
+        }
     stack: dict[str, Any] = {
-        "vregistry": {"target": target, "caller_token": caller_token},
+        "vregistry": vregistry,
         "tools": {
             "skopeo": str(skopeo_path()),
             "skopeo_policy": str(policy),
@@ -322,9 +374,16 @@ def pull_world(
     counting: bool = False,
     bench_layers: int = 0,
     bench_layer_size: int = 1024 * 1024,
+    tls: bool = True,
 ) -> Iterator[PullWorld]:
-    """Start everything, yield the world, stop everything (the work dir is left for logs)."""
+    """Start everything, yield the world, stop everything (the work dir is left for logs).
+
+    ``tls``: vregistry-server's gRPC port is mTLS (False: plaintext on loopback, the caller
+    token alone)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    pki = make_pki(workdir / "pki") if tls else None
+    if pki is not None:
+        pki.directory.chmod(0o700)  # it holds the client's private key
     password = secrets.token_urlsafe(18)
     caller_token = secrets.token_urlsafe(24)
     with contextlib.ExitStack() as stack:
@@ -357,7 +416,7 @@ def pull_world(
         }
         config = _server_config(workdir, urls, TOKEN_USER, password)
         metrics_port = free_port() if counting else None
-        server, args = _start_server(workdir, config, caller_token, metrics_port)
+        server, args = _start_server(workdir, config, caller_token, metrics_port, pki)
         world = PullWorld(
             workdir=workdir,
             stack_path=workdir / "stack.json",
@@ -369,14 +428,17 @@ def pull_world(
             images=images,
             caller_token=caller_token,
             caller_token_file=workdir / "caller-token",
-            secrets=(caller_token, password),
+            secrets=(caller_token, password, *_key_line(pki)),
             metrics_port=metrics_port,
+            pki=pki,
             _server_args=args,
         )
         stack.callback(lambda: world.server.stop())
         world.caller_token_file.touch(mode=0o600)
         world.caller_token_file.write_text(caller_token + "\n")
-        world.stack_path, world.stack = _write_stack(workdir, server.target, caller_token, entries)
+        world.stack_path, world.stack = _write_stack(
+            workdir, server.target, caller_token, pki, entries
+        )
         yield world
 
 

@@ -2,13 +2,14 @@
 
 The module fixture is the world of tests/support/pull_world.py: three real docker-registries
 (open; token-auth with its token server; one whose stored blob rotted on disk), a real
-``vregistry-server`` process in front of them (caller token in a --callers-file, the upstream
-password in a password_file) and the stack file of the contract. The test runs
-``go test -json -count=1 ./...`` in examples/pull-front with ``PULL_FRONT_STACK`` set; the Go
-e2e test starts the front and runs skopeo and crane against it (digests, positions, "manifest
-unknown", the corrupt blob refused). Here we check that it passed, that every expected e2e test
-ran and passed (none skipped: without the stack file they would skip), and that no log holds
-the caller token or the upstream password.
+``vregistry-server`` process in front of them (mTLS with certificates of tests/support/certs.py,
+caller token in a --callers-file, the upstream password in a password_file) and the stack file
+of the contract. The test runs ``go test -json -count=1 ./...`` in examples/pull-front with
+``PULL_FRONT_STACK`` set; the Go e2e test starts the front (over mTLS, with the caller token)
+and runs skopeo and crane against it (digests, positions, "manifest unknown", the corrupt blob
+refused), and a front with the CA but no client certificate, which must answer 503. Here we
+check that it passed, that every expected e2e test ran and passed (none skipped: without the
+stack file they would skip), and that no log holds the caller token or the upstream password.
 
 ``go test`` is a subprocess (``subprocess.run`` is fine: the servers are other processes and
 threads, nothing in an event loop has to keep serving meanwhile).
@@ -37,6 +38,7 @@ E2E_TESTS = (
     "TestE2EMissingTag",
     "TestE2ECorruptBlob",
     "TestE2ECraneLs",
+    "TestE2EFrontNeedsClientCert",
 )
 
 pytestmark = pytest.mark.timeout(GO_TEST_TIMEOUT + 300)
@@ -54,7 +56,7 @@ class GoTestRun:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PullWorld]:
-    with pull_world(tmp_path_factory.mktemp("pull-front")) as started:
+    with pull_world(tmp_path_factory.mktemp("pull-front"), tls=True) as started:
         yield started
 
 
@@ -134,6 +136,21 @@ def test_real_clients_pull_through_the_front(world: PullWorld, go_run: GoTestRun
     )
     missing = [name for name in E2E_TESTS if name not in run.passed]
     assert not missing, _failure(world, run, f"e2e tests that did not pass: {missing}")
+    # The fronts' pulls went over mTLS: the server required client certificates.
+    assert "tls" in world.stack["vregistry"]
+    assert server_tls_modes(world) == {"mtls"}, world.server_logs()[-4000:]
+
+
+def server_tls_modes(world: PullWorld) -> set[str]:
+    """The ``tls`` field of every "serving" line vregistry-server logged."""
+    modes: set[str] = set()
+    for line in world.server_logs().splitlines():
+        if not line.startswith("{"):
+            continue  # gRPC core's own lines (e.g. the refused handshakes)
+        record = json.loads(line)
+        if record.get("msg") == "serving":
+            modes.add(str(record.get("tls")))
+    return modes
 
 
 def test_no_secret_in_any_log(world: PullWorld, go_run: GoTestRun) -> None:
