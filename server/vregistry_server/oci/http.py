@@ -325,7 +325,9 @@ async def _take_slot(
 ) -> asyncio.Semaphore:
     """Wait, within the budget, until the upstream has fewer than ``max_in_flight``
     exchanges; a tarpit's callers wait for the tarpit, nobody else does."""
-    slots = _slots.setdefault(client, {})
+    slots = _slots.get(client)  # not setdefault: that makes a weak reference every call
+    if slots is None:
+        slots = _slots[client] = {}
     slot = slots.get(scope.key)
     if slot is None:
         slot = slots[scope.key] = asyncio.Semaphore(scope.max_in_flight)

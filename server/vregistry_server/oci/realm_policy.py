@@ -131,6 +131,9 @@ async def system_resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+_SCOPES_KEPT = 4096  # upstream ids; far more than any configuration holds
+
+
 class AddressGuard:
     """Rule 3 and the egress scope of an upstream: which addresses its connections may reach.
 
@@ -145,6 +148,7 @@ class AddressGuard:
         self.policy = EgressPolicy(parse_allow_cidrs(self._settings.egress_allow_cidrs))
         # Per upstream id: its address classes, until when, and for which url.
         self._upstream_classes: dict[str, tuple[frozenset[AddressClass], float, str]] = {}
+        self._scopes: dict[str, tuple[Upstream, EgressScope]] = {}
 
     async def upstream_classes(self, upstream: Upstream) -> frozenset[AddressClass]:
         cached = self._upstream_classes.get(upstream.id)
@@ -168,7 +172,20 @@ class AddressGuard:
 
     async def scope_for(self, upstream: Upstream) -> EgressScope:
         """Operator upstreams reach their own host wherever it is, and realms and redirects
-        in their own address classes; API upstreams reach public addresses only."""
+        in their own address classes; API upstreams reach public addresses only.
+
+        One scope per upstream object (every probe asks; a changed upstream is a new
+        object): it depends on nothing else that changes, and holds no state of its own."""
+        known = self._scopes.get(upstream.id)
+        if known is not None and known[0] is upstream:
+            return known[1]
+        if len(self._scopes) >= _SCOPES_KEPT:
+            self._scopes.clear()
+        scope = self._scope(upstream)
+        self._scopes[upstream.id] = (upstream, scope)
+        return scope
+
+    def _scope(self, upstream: Upstream) -> EgressScope:
         url = httpx.URL(upstream.url)
         settings = self._settings
         operator = upstream.source == "operator"

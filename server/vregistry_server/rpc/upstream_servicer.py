@@ -14,14 +14,14 @@ scheme; never the value.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
 import grpc
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
-from vregistry_server.model import Scheme, Upstream
+from vregistry_server.model import AuthHeaders, RegistryUpstream, Resolution, Scheme, Upstream
 from vregistry_server.resolver import Resolver
 from vregistry_server.rpc import access
 from vregistry_server.rpc.boundary import (
@@ -35,12 +35,16 @@ from vregistry_server.rpc.interceptors import current_caller
 
 T = TypeVar("T")
 audit = logging.getLogger("vregistry.audit")
+_MEMBERS_KEPT = 1024
 
 
 class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
     def __init__(self, resolver: Resolver, observer: RpcObserver | None = None) -> None:
         self._resolver = resolver
         self._observer = observer or NullRpcObserver()
+        # id(member) -> (member, its pb.Upstream): built once per member of the configuration
+        # in use, not per call; the member is kept so that a reused id cannot match.
+        self._members: dict[int, tuple[RegistryUpstream, pb.Upstream]] = {}
 
     def _handle(
         self, context: grpc.aio.ServicerContext, method: str, work: Awaitable[T]
@@ -50,34 +54,17 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
     async def UrlFor(
         self, request: pb.UrlForRequest, context: grpc.aio.ServicerContext
     ) -> pb.UrlForResponse:
-        url = await self._handle(
-            context,
-            "UrlFor",
-            access.checked(
-                lambda: self._require_upstream(request.upstream_id),
-                lambda: _async(self._resolver.url_for, request.upstream_id, request.path),
-            ),
-        )
+        url = await self._handle(context, "UrlFor", self._url_for(request))
         return pb.UrlForResponse(url=url)
+
+    async def _url_for(self, request: pb.UrlForRequest) -> str:
+        self._require_upstream(request.upstream_id)
+        return self._resolver.url_for(request.upstream_id, request.path)
 
     async def GetAuthHeaders(
         self, request: pb.GetAuthHeadersRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAuthHeadersResponse:
-        result = await self._handle(
-            context,
-            "GetAuthHeaders",
-            access.checked(
-                lambda: self._require_upstream(request.upstream_id),
-                lambda: self._resolver.get_auth_headers(
-                    request.upstream_id,
-                    request.path,
-                    list(request.actions),
-                    caller_remaining=context.time_remaining(),
-                ),
-                # An id deleted and created in another group during the call: not handed out.
-                lambda _: self._require_upstream(request.upstream_id),
-            ),
-        )
+        result = await self._handle(context, "GetAuthHeaders", self._auth_headers(request, context))
         upstream = self._resolver.config.upstreams.get(request.upstream_id)
         self._disclosed("GetAuthHeaders", upstream, request.upstream_id, result.scheme)
         response = pb.GetAuthHeadersResponse(
@@ -91,34 +78,13 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         self, request: pb.ResolveUpstreamRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResolveUpstreamResponse:
         resolution = await self._handle(
-            context,
-            "ResolveUpstream",
-            access.checked(
-                lambda: access.require_id(
-                    "registry", request.registry_id, self._resolver.config.registries
-                ),
-                lambda: self._resolver.resolve_upstream(
-                    request.registry_id,
-                    request.path,
-                    caller_remaining=context.time_remaining(),
-                    refresh=request.refresh,
-                ),
-                lambda found: access.require_group(
-                    "registry", request.registry_id, found.hit.member.upstream.group
-                ),
-            ),
+            context, "ResolveUpstream", self._resolution(request, context)
         )
         hit = resolution.hit
         upstream = hit.member.upstream
         self._disclosed("ResolveUpstream", upstream, upstream.id, _scheme_of(hit.headers))
         response = pb.ResolveUpstreamResponse(
-            upstream=pb.Upstream(
-                id=upstream.id,
-                name=upstream.name,
-                url=upstream.url,
-                position=hit.member.position,
-                cache_validity_hours=upstream.cache_validity_hours,
-            ),
+            upstream=self._member_pb(hit.member),
             url=hit.url,
             headers=hit.headers,
             digest=hit.digest,
@@ -131,6 +97,54 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         if resolution.checked_at:
             response.checked_at.CopyFrom(timestamp(resolution.checked_at))
         return response
+
+    # The checks run inline in the work that rpc/boundary.handle awaits (as
+    # access.checked would run them, without its extra coroutine and closures: these are
+    # the hot calls): before any work, and again on what the work used.
+
+    async def _auth_headers(
+        self, request: pb.GetAuthHeadersRequest, context: grpc.aio.ServicerContext
+    ) -> AuthHeaders:
+        self._require_upstream(request.upstream_id)
+        result = await self._resolver.get_auth_headers(
+            request.upstream_id,
+            request.path,
+            list(request.actions),
+            caller_remaining=context.time_remaining(),
+        )
+        # An id deleted and created in another group during the call: not handed out.
+        self._require_upstream(request.upstream_id)
+        return result
+
+    async def _resolution(
+        self, request: pb.ResolveUpstreamRequest, context: grpc.aio.ServicerContext
+    ) -> Resolution:
+        access.require_id("registry", request.registry_id, self._resolver.config.registries)
+        found = await self._resolver.resolve_upstream(
+            request.registry_id,
+            request.path,
+            caller_remaining=context.time_remaining(),
+            refresh=request.refresh,
+        )
+        access.require_group("registry", request.registry_id, found.hit.member.upstream.group)
+        return found
+
+    def _member_pb(self, member: RegistryUpstream) -> pb.Upstream:
+        known = self._members.get(id(member))
+        if known is not None and known[0] is member:
+            return known[1]
+        upstream = member.upstream
+        built = pb.Upstream(
+            id=upstream.id,
+            name=upstream.name,
+            url=upstream.url,
+            position=member.position,
+            cache_validity_hours=upstream.cache_validity_hours,
+        )
+        if len(self._members) >= _MEMBERS_KEPT:  # configurations replaced many times over
+            self._members.clear()
+        self._members[id(member)] = (member, built)
+        return built
 
     def _require_upstream(self, upstream_id: str) -> None:
         access.require_id("upstream", upstream_id, self._resolver.config.upstreams)
@@ -161,7 +175,3 @@ def _scheme_of(headers: Mapping[str, str]) -> Scheme:
             kind = value.split(" ", 1)[0].lower()
             return Scheme.BASIC if kind == "basic" else Scheme.BEARER
     return Scheme.NONE
-
-
-async def _async(function: Callable[..., T], *args: object) -> T:
-    return function(*args)

@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 _SECRET_NAMES = r"(?:password|passwd|secret|client_secret|token|access_token|refresh_token)"
 _SECRET_PATTERNS = (
@@ -24,9 +24,8 @@ _SECRET_PATTERNS = (
     # JSON style, also inside an already JSON-encoded string: "token": "abc"
     re.compile(rf"(?i)({_SECRET_NAMES}\\?[\"']\s*:\s*\\?[\"'])[^\"'\\]+"),
 )
-_STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
-)
+_RECORD_KEYS = list(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+_STANDARD_ATTRS = frozenset({*_RECORD_KEYS, "message", "asctime", "taskName"})
 
 
 _AUTH_PARAM = re.compile(r"[a-z_]+=")  # service="x" in a challenge: a name, not a value
@@ -80,6 +79,29 @@ def _word_then_space(lowered: str, word: str) -> bool:
     return False
 
 
+def _extra_fields(record: logging.LogRecord) -> tuple[list[tuple[str, Any]], bool]:
+    """The record's own fields (not LogRecord's, not private) in their order, and whether
+    every value is a string.
+
+    A record made by LogRecord.__init__ holds its standard attributes first, in
+    ``_RECORD_KEYS`` order, and makeRecord adds ``extra`` after them: one comparison of the
+    key list skips them all (they would all be filtered out), instead of a test for each of
+    the ~20 on every line. Any other record is scanned whole.
+    """
+    attributes = vars(record)
+    keys = list(attributes)
+    if keys[: len(_RECORD_KEYS)] == _RECORD_KEYS:
+        keys = keys[len(_RECORD_KEYS) :]
+    fields: list[tuple[str, Any]] = []
+    all_strings = True
+    for key in keys:
+        if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            value = attributes[key]
+            fields.append((key, value))
+            all_strings = all_strings and type(value) is str
+    return fields, all_strings
+
+
 # Lines whose extra fields are all strings repeat (one audit line per credential handed
 # out names the same caller, group and upstream each time), so the redacted JSON after the
 # timestamp is kept for them; bounded, and emptied when full.
@@ -95,15 +117,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        fields = [
-            (key, value)
-            for key, value in vars(record).items()
-            if key not in _STANDARD_ATTRS and not key.startswith("_")
-        ]
+        fields, all_strings = _extra_fields(record)
         head = f'{{"ts": "{self._timestamp(record)}", '
-        if (record.exc_info and record.exc_info[0] is not None) or not all(
-            type(value) is str for _, value in fields
-        ):
+        if (record.exc_info and record.exc_info[0] is not None) or not all_strings:
             return head + self._tail(record, message, fields)
         key = (record.levelname, record.name, message, tuple(fields))
         tail = self._tails.get(key)
@@ -139,8 +155,26 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, ensure_ascii=False, default=str)[1:])
 
 
+class JsonLineHandler(logging.StreamHandler[TextIO]):
+    """StreamHandler without the second flush: a line-buffered stream (stderr is one)
+    has written the line out at its newline, and ``flush()`` would take the handler's lock
+    again to find nothing to do; every audit line (one per credential handed out) comes
+    through here. Any other stream is flushed after each line, as StreamHandler does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.stream
+            stream.write(self.format(record) + self.terminator)
+            if not getattr(stream, "line_buffering", False):
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = JsonLineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -106,6 +106,11 @@ def rpc_children(method: str, code: str) -> tuple[Any, Any]:
     return RPC_REQUESTS.labels(method, code), RPC_DURATION.labels(method, code)
 
 
+@functools.lru_cache(maxsize=1024)
+def _disclosed_child(upstream_id: str, scheme: str) -> Any:
+    return CREDENTIALS_DISCLOSED.labels(upstream_id, scheme)
+
+
 @functools.lru_cache(maxsize=64)
 def _token_cache_child(layer: str, result: str) -> Any:
     return TOKEN_CACHE.labels(layer, result)
@@ -125,7 +130,7 @@ class PrometheusObserver(Observer):
         duration.observe(seconds)
 
     def credentials_disclosed(self, upstream_id: str, scheme: str) -> None:
-        CREDENTIALS_DISCLOSED.labels(upstream_id, scheme).inc()
+        _disclosed_child(upstream_id, scheme).inc()
 
     def ping(self, upstream_id: str, outcome: str) -> None:
         PINGS.labels(upstream_id, outcome).inc()
