@@ -89,6 +89,31 @@ class Environment:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
+    def upstream_marks(self) -> list[int]:
+        """How many requests each of the resolve proxies has recorded so far."""
+        return [len(proxy.records) for proxy in self.resolve_proxies]
+
+    def upstream_latency_since(self, marks: list[int]) -> dict[str, float]:
+        """p50/p99 of the resolve proxies' own time per request since ``marks``: from its
+        handler starting to the backend's answer read, the 200 ms delay included.
+
+        The proxies are Python threads of this process (as the test suite runs them),
+        on the same 2 cores; their tail is part of every cold call's tail, and not the
+        service's doing. Empty when no request went through them.
+        """
+        durations = sorted(
+            record.duration * 1000
+            for proxy, mark in zip(self.resolve_proxies, marks, strict=True)
+            for record in proxy.records[mark:]
+            if record.duration > 0
+        )
+        if not durations:
+            return {}
+        return {
+            "upstream_proxy_p50_ms": round(durations[len(durations) // 2], 1),
+            "upstream_proxy_p99_ms": round(durations[int(len(durations) * 0.99)], 1),
+        }
+
     def flush_redis(self) -> None:
         import redis
 

@@ -52,6 +52,11 @@ def compare_with_baseline(row: Row, base: Row) -> None:
 def summary(row: Row) -> str:
     r = row.result
     ratios = f" | x{row.rps_ratio} rps, x{row.p99_ratio} p99" if row.rps_ratio else ""
+    if "upstream_proxy_p99_ms" in row.notes:  # the delaying proxies' own share of the tail
+        ratios += (
+            f" | upstream proxies p50 {row.notes['upstream_proxy_p50_ms']} ms,"
+            f" p99 {row.notes['upstream_proxy_p99_ms']} ms"
+        )
     return (
         f"{row.scenario}: {r.rps:,.0f} req/s, p50 {r.p50_ms} ms, p99 {r.p99_ms} ms, "
         f"errors {r.errors}, CPU {row.cpu_s_per_1k} s/1k, RSS {row.peak_rss_mb} MB{ratios}"
@@ -111,6 +116,7 @@ class Bench:
         GHZ_OUT.mkdir(parents=True, exist_ok=True)
         total = self._warm_up(scenario, server, run_name)
         redis_before = self.env.redis_commands()
+        upstream_marks = self.env.upstream_marks()
         cpu_before = cpu_seconds(server.pids())
         sampler = RssSampler(server.pid).start()
         try:
@@ -132,7 +138,10 @@ class Bench:
             peak_rss_mb=round(sampler.peak / MB, 1),
             # The baseline uses no Redis: whatever Redis did meanwhile is not its doing.
             redis_cmds_per_call=round(redis_cmds / calls, 3) if kind == "service" else None,
-            notes={"load_average_1m": round(os.getloadavg()[0], 2)},
+            notes={
+                "load_average_1m": round(os.getloadavg()[0], 2),
+                **self.env.upstream_latency_since(upstream_marks),
+            },
         )
 
     def _warm_up(self, scenario: Scenario, server: ServerProcess, run_name: str) -> int:
