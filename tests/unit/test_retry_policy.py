@@ -293,6 +293,9 @@ async def test_never_sleeps_past_the_budget(
         assert wait + SLEEP_MARGIN_SECONDS < remaining
 
 
+SCHEDULING_SLACK_SECONDS = 0.2
+
+
 async def test_real_waits_end_within_the_budget() -> None:
     """Every try fails: the retries stop in time, they do not run the budget over."""
     mock, served = _scripted([503])
@@ -302,7 +305,10 @@ async def test_real_waits_end_within_the_budget() -> None:
     async with mock.client() as client:
         response = await policy.run(budget, lambda: send(client, "GET", URL, budget=budget))
     assert response.status == 503
-    assert time.monotonic() - started < 0.4 + SLEEP_MARGIN_SECONDS
+    # The decisions are checked exactly above (Recorder); here real sleeps on a shared machine
+    # may wake late, so the bound allows the loop's scheduling slack (a policy that ignored
+    # the budget would run on for seconds: 50 tries with growing backoffs).
+    assert time.monotonic() - started < 0.4 + SLEEP_MARGIN_SECONDS + SCHEDULING_SLACK_SECONDS
     assert 1 < len(served) < 50
 
 
