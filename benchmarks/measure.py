@@ -55,7 +55,9 @@ def summary(row: Row) -> str:
     if "upstream_proxy_p99_ms" in row.notes:  # the delaying proxies' own share of the tail
         ratios += (
             f" | upstream proxies p50 {row.notes['upstream_proxy_p50_ms']} ms,"
-            f" p99 {row.notes['upstream_proxy_p99_ms']} ms"
+            f" p99 {row.notes['upstream_proxy_p99_ms']} ms,"
+            f" {row.notes['upstream_proxy_requests'] / max(r.count, 1):.2f} requests per call,"
+            f" backend p99 {row.notes['upstream_backend_p99_ms']} ms"
         )
     return (
         f"{row.scenario}: {r.rps:,.0f} req/s, p50 {r.p50_ms} ms, p99 {r.p99_ms} ms, "
