@@ -8,11 +8,14 @@ test_connection_hygiene.py the aiohttp session's cookies and User-Agent).
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 from tests.support.mock_http import MockClient
-from vregistry_server.errors import UpstreamProtocolError
+from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
+from vregistry_server.oci.egress import EgressScope
 from vregistry_server.oci.http import MAX_BODY_BYTES, USER_AGENT, Budget, send
 
 
@@ -75,3 +78,86 @@ async def test_an_oversized_body_is_an_error_or_read_as_empty() -> None:
             discard_oversized_body=True,
         )
     assert (response.status, response.body) == (200, b"")
+
+
+# A stuck upstream (a tarpit) played by a handler that waits for the test's word: what
+# ``send`` does while an exchange is in flight, without a network (the tarpit system test,
+# tests/system/test_security_attacks.py, does it with a real process).
+class _Stuck:
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.finished = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.started.set()
+        await self.release.wait()
+        self.finished += 1
+        return httpx.Response(200, content=b"late")
+
+
+def _one_slot(hard_deadline: float = 10.0) -> EgressScope:
+    return EgressScope(key="stuck", max_in_flight=1, hard_deadline_seconds=hard_deadline)
+
+
+async def test_a_spent_budget_abandons_the_exchange_and_keeps_its_slot() -> None:
+    stuck = _Stuck()
+    client = MockClient(stuck.handle, connect_timeout=1.0)
+    scope = _one_slot()
+    with pytest.raises(UpstreamUnreachable, match=r"timed out talking to http://stuck\.test"):
+        await send(client, "HEAD", "http://stuck.test/v2/", budget=Budget.start(0.1), scope=scope)
+    # The exchange still runs and holds the one slot: the next caller waits for it.
+    with pytest.raises(UpstreamUnreachable, match="still in flight"):
+        await send(client, "HEAD", "http://stuck.test/v2/", budget=Budget.start(0.1), scope=scope)
+    stuck.release.set()
+    for _ in range(100):  # bounded: the abandoned exchange ends, its slot comes back
+        if stuck.finished:
+            break
+        await asyncio.sleep(0.01)
+    response = await send(
+        client, "HEAD", "http://stuck.test/v2/", budget=Budget.start(1), scope=scope
+    )
+    assert (stuck.finished, response.status) == (2, 200)
+
+
+async def test_a_cancelled_caller_leaves_the_exchange_running() -> None:
+    stuck = _Stuck()
+    client = MockClient(stuck.handle, connect_timeout=1.0)
+    scope = _one_slot()
+    caller = asyncio.create_task(
+        send(client, "HEAD", "http://stuck.test/v2/", budget=Budget.start(5), scope=scope)
+    )
+    await asyncio.wait_for(stuck.started.wait(), 2)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert stuck.finished == 0, "the exchange is not cut by its caller leaving"
+    stuck.release.set()
+    response = await send(
+        client, "HEAD", "http://stuck.test/v2/", budget=Budget.start(1), scope=scope
+    )
+    assert (stuck.finished, response.status) == (2, 200)
+
+
+async def test_the_hard_deadline_while_waiting_is_a_timeout_not_a_cancellation() -> None:
+    stuck = _Stuck()
+    client = MockClient(stuck.handle, connect_timeout=1.0)
+    scope = _one_slot(hard_deadline=0.1)
+    with pytest.raises(UpstreamUnreachable, match=r"timed out talking to http://stuck\.test"):
+        await send(client, "HEAD", "http://stuck.test/v2/", budget=Budget.start(5), scope=scope)
+    assert stuck.finished == 0
+    stuck.release.set()
+    # The cut exchange gave its slot back at once.
+    response = await send(
+        client, "HEAD", "http://stuck.test/v2/", budget=Budget.start(1), scope=scope
+    )
+    assert response.status == 200
+
+
+async def test_the_exchanges_own_error_reaches_the_caller() -> None:
+    async def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client = MockClient(refuse, connect_timeout=1.0)
+    with pytest.raises(UpstreamUnreachable, match=r"cannot connect to http://down\.test"):
+        await send(client, "HEAD", "http://down.test/v2/", budget=Budget.start(1))

@@ -81,6 +81,39 @@ def _open_registry(manifest_status: int, delay: float = 0.0):  # type: ignore[no
     return handle
 
 
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+async def test_at_most_probe_concurrency_upstreams_in_flight_lowest_first(
+    concurrency: int,
+) -> None:
+    in_flight: list[str] = []
+    started: list[str] = []
+    peak = 0
+
+    def counting(host: str):  # type: ignore[no-untyped-def]
+        async def handle(request: httpx.Request) -> httpx.Response:
+            nonlocal peak
+            if request.url.path == "/v2/":
+                return httpx.Response(200)
+            in_flight.append(host)
+            started.append(host)
+            peak = max(peak, len(in_flight))
+            await asyncio.sleep(0.05)
+            in_flight.remove(host)
+            return httpx.Response(404)
+
+        return handle
+
+    mock = MockUpstreams({h: counting(h) for h in HOSTS})
+    async with mock.client() as client:
+        _, prober = _prober(client, Settings(probe_concurrency=concurrency, probe_retries=0))
+        registry = _registry(*(_upstream(h) for h in HOSTS))
+        with pytest.raises(ResolveFailed):
+            await prober.resolve(registry, parse_path(PATH), Budget.start(10.0))
+    assert peak == concurrency
+    if concurrency == 1:
+        assert started == list(HOSTS), "one at a time, in position order"
+
+
 # --------------------------------------------------------------------------- position order
 
 

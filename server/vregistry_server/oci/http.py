@@ -22,8 +22,7 @@ import ssl
 import time
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -292,17 +291,16 @@ def describe_transport_error(exc: BaseException, url: object) -> str:
     return f"connection to {origin} failed ({type(exc).__name__})"
 
 
-@asynccontextmanager
-async def transport_errors(url: object) -> AsyncIterator[None]:
-    """Turn connection failures and timeouts into UpstreamUnreachable."""
-    try:
-        yield
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        refused = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else None
-        if isinstance(refused, EgressRefusedError):
-            # The guarded connector refused before opening a socket: nothing was sent.
-            raise EgressRefused(f"{refused}; nothing was sent") from None
-        raise UpstreamUnreachable(describe_transport_error(exc, url)) from None
+def transport_error(
+    exc: aiohttp.ClientError | TimeoutError, url: object
+) -> EgressRefused | UpstreamUnreachable:
+    """The error a connection failure or a timeout is reported as (an except clause in
+    ``_exchange``, not a context manager: one generator less per request)."""
+    refused = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else None
+    if isinstance(refused, EgressRefusedError):
+        # The guarded connector refused before opening a socket: nothing was sent.
+        return EgressRefused(f"{refused}; nothing was sent")
+    return UpstreamUnreachable(describe_transport_error(exc, url))
 
 
 # Exchanges whose caller stopped waiting (deadline, or a probe that lost the race):
@@ -406,21 +404,24 @@ async def send(
     except BaseException:
         slot.release()
         raise
-    _bound(exchange, scope, slot)
+    loop = asyncio.get_running_loop()
+    # What asyncio.shield and asyncio.timeout would do, with one future and one timer:
+    # the waiter is ours, so cancelling it (our caller leaving) never touches the exchange.
+    waiter: asyncio.Future[Response | None] = loop.create_future()
+    _bound(exchange, scope, slot, waiter)
+    expiry = loop.call_at(loop.time() + max(budget.remaining(), 0.0), _expire, waiter)
     try:
-        async with budget.timeout():
-            return await asyncio.shield(exchange)
-    except TimeoutError:
+        response = await waiter
+    except asyncio.CancelledError:  # our caller left: the exchange goes on without it
         _abandon(exchange)
-        raise UpstreamUnreachable(describe_transport_error(TimeoutError(), url)) from None
-    except asyncio.CancelledError:
-        _abandon(exchange)
-        task = asyncio.current_task()
-        if exchange.cancelled() and task is not None and not task.cancelling():
-            # The exchange hit its hard deadline while we still waited: a timeout, not
-            # our caller cancelling us.
-            raise UpstreamUnreachable(describe_transport_error(TimeoutError(), url)) from None
         raise
+    finally:
+        expiry.cancel()
+    if response is None:
+        # The budget ran out, or the exchange hit its hard deadline while we still waited.
+        _abandon(exchange)
+        raise UpstreamUnreachable(describe_transport_error(TimeoutError(), url))
+    return response
 
 
 def _start_exchange(
@@ -466,19 +467,39 @@ def _start_exchange(
     )
 
 
-def _bound(exchange: asyncio.Task[Response], scope: EgressScope, slot: asyncio.Semaphore) -> None:
-    """Hold the upstream's slot until the exchange ends, and end it by the hard deadline.
+def _bound(
+    exchange: asyncio.Task[Response],
+    scope: EgressScope,
+    slot: asyncio.Semaphore,
+    waiter: asyncio.Future[Response | None],
+) -> None:
+    """Hold the upstream's slot until the exchange ends, end it by the hard deadline, and
+    hand its outcome to ``waiter`` if the caller still waits (None: it was cut off).
 
     The cap is a cancellation of the exchange's own task: aiohttp closes the connection
     of a response whose reading is cancelled (a trickling tarpit is cut off here).
     """
     cap = asyncio.get_running_loop().call_later(scope.hard_deadline_seconds, exchange.cancel)
 
-    def finished(_task: asyncio.Task[Response]) -> None:
+    def finished(task: asyncio.Task[Response]) -> None:
         cap.cancel()
         slot.release()
+        if waiter.done():
+            return  # the caller left: _abandon retrieves the outcome
+        if task.cancelled():
+            waiter.set_result(None)
+        elif (error := task.exception()) is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(task.result())
 
     exchange.add_done_callback(finished)
+
+
+def _expire(waiter: asyncio.Future[Response | None]) -> None:
+    """The caller's budget is spent: stop waiting (the exchange is abandoned, not cut)."""
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _abandon(exchange: asyncio.Task[Response]) -> None:
@@ -514,7 +535,7 @@ async def _exchange(
     # connection of every hop, and does not leak to the caller.
     enter_scope(scope)
     original = current
-    async with transport_errors(current):
+    try:
         for _hop in range(MAX_REDIRECTS + 1):
             await _check_literal(scope, current)
             reply = await client.fetch(
@@ -549,6 +570,8 @@ async def _exchange(
                     )
                 body = b""
             return Response(reply.status, reply.headers, body, current)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise transport_error(exc, original) from None
     raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {_origin(current)}")
 
 

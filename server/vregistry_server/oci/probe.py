@@ -103,15 +103,7 @@ class Prober:
 
     async def resolve(self, registry: Registry, path: RegistryPath, budget: Budget) -> Resolution:
         members = sorted(registry.upstreams, key=lambda m: m.position)
-        # Semaphore waiters wake in FIFO order and tasks start in creation
-        # order, so lower positions are always probed first.
-        gate = asyncio.Semaphore(self._settings.probe_concurrency)
-
-        async def gated(member: RegistryUpstream) -> tuple[Attempt, Hit | None]:
-            async with gate:
-                return await self.probe(member, path, budget)
-
-        tasks = [asyncio.create_task(gated(member)) for member in members]
+        tasks = self._start_probes(members, path, budget)
         attempts: list[Attempt] = []
         try:
             for index, task in enumerate(tasks):
@@ -130,6 +122,24 @@ class Prober:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         raise _failure(registry, path, attempts)
+
+    def _start_probes(
+        self, members: list[RegistryUpstream], path: RegistryPath, budget: Budget
+    ) -> list[asyncio.Task[tuple[Attempt, Hit | None]]]:
+        """One task per member, in position order, at most ``probe_concurrency`` probing."""
+        if len(members) <= self._settings.probe_concurrency:
+            # Every member fits in the gate (the common case): no gate to pass, one
+            # coroutine and one semaphore less per probe.
+            return [asyncio.create_task(self.probe(m, path, budget)) for m in members]
+        # Semaphore waiters wake in FIFO order and tasks start in creation
+        # order, so lower positions are always probed first.
+        gate = asyncio.Semaphore(self._settings.probe_concurrency)
+
+        async def gated(member: RegistryUpstream) -> tuple[Attempt, Hit | None]:
+            async with gate:
+                return await self.probe(member, path, budget)
+
+        return [asyncio.create_task(gated(member)) for member in members]
 
     async def probe(
         self, member: RegistryUpstream, path: RegistryPath, budget: Budget
@@ -182,17 +192,19 @@ class Prober:
             self.breaker.record_failure(upstream.id)
         else:
             self.breaker.record_success(upstream.id)
-        self._observer.probe(upstream.id, attempt.outcome.value, elapsed)
-        log.debug(
-            "probed upstream",
-            extra={
-                "upstream": upstream.name,
-                "upstream_id": upstream.id,
-                "outcome": attempt.outcome.value,
-                "http_status": attempt.http_status,
-                "latency_ms": attempt.latency_ms,
-            },
-        )
+        outcome = attempt.outcome.value
+        self._observer.probe(upstream.id, outcome, elapsed)
+        if log.isEnabledFor(logging.DEBUG):  # the extra dict is not built for nothing
+            log.debug(
+                "probed upstream",
+                extra={
+                    "upstream": upstream.name,
+                    "upstream_id": upstream.id,
+                    "outcome": outcome,
+                    "http_status": attempt.http_status,
+                    "latency_ms": attempt.latency_ms,
+                },
+            )
         return attempt, hit
 
     async def _probe(
