@@ -239,3 +239,6 @@ class Resolution:
     cache_hit: bool = False  # answered from the resolution cache (headers fresh regardless)
     stale: bool = False  # an expired cached answer, served because the upstreams were down
     checked_at: float = 0.0  # unix time an upstream last confirmed the answer
+    # The immutable cache entry it was answered from (resolve_cache.CachedAnswer), or None:
+    # an identity the gRPC face memoises the answer's message by (headers never in it).
+    entry: object = field(default=None, compare=False, repr=False)

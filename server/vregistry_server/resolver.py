@@ -299,6 +299,7 @@ class Resolver:
             cache_hit=True,
             stale=stale,
             checked_at=answer.checked_at,
+            entry=answer,
         )
 
 
