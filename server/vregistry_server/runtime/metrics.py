@@ -11,9 +11,15 @@ query, a username or a token, so a scrape can be shared freely.
 from __future__ import annotations
 
 import functools
-from typing import Any
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from vregistry_server.oci.observer import Observer
 
@@ -21,38 +27,134 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-RPC_REQUESTS = Counter(
+
+# ---------------------------------------------------------------- the hot calls' series
+#
+# Every hot call updates four to six series (its RPC's count and latency, the credential
+# handed out, the cache layer that answered). prometheus_client's children take a lock and
+# run checks per update (~25 us of a call with cold CPU caches, benchmarks/RESULTS.md); these
+# children are plain numbers, added to on the event loop's thread (every caller below runs
+# there: the servicers and the caches they await) and read when scraped, in the
+# exposition prometheus_client gives the same series (_total, _created; _bucket, _count,
+# _sum, _created).
+
+
+class PlainCounterChild:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+
+class PlainHistogramChild:
+    __slots__ = ("counts", "created", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * buckets  # per bucket, not cumulative: one add per observation
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, bounds: Sequence[float], amount: float) -> None:
+        # The first bucket whose bound is >= amount, as Histogram.observe's scan finds it.
+        self.counts[bisect_left(bounds, amount)] += 1
+        self.sum += amount
+
+
+class PlainCounter(Collector):
+    """A labelled counter of PlainCounterChild; ``name`` as for Counter (``_total`` or not)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], PlainCounterChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> PlainCounterChild:
+        return self._children.setdefault(values, PlainCounterChild())
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value, created=child.created)
+        yield family
+
+
+class PlainHistogram(Collector):
+    """A labelled histogram of PlainHistogramChild, with Histogram's buckets and +Inf."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self.bounds = (*(float(b) for b in buckets), math.inf)
+        go_text: Callable[[float], str] = floatToGoString  # "1.0", "+Inf": Histogram's le
+        self._le = tuple(go_text(b) for b in self.bounds)
+        self._children: dict[tuple[str, ...], PlainHistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> PlainHistogramChild:
+        return self._children.setdefault(values, PlainHistogramChild(len(self.bounds)))
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, child in list(self._children.items()):
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            for le, count in zip(self._le, list(child.counts), strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric(values, buckets, child.sum)
+            family.add_sample(
+                self._name + "_created",
+                dict(zip(self._labelnames, values, strict=True)),
+                child.created,
+            )
+        yield family
+
+
+RPC_REQUESTS = PlainCounter(
     "vregistry_rpc_requests_total",
     "gRPC requests handled, by method and status code.",
     ["method", "code"],
-    registry=REGISTRY,
 )
-CREDENTIALS_DISCLOSED = Counter(
+CREDENTIALS_DISCLOSED = PlainCounter(
     "vregistry_credentials_disclosed_total",
     "Authorization headers handed to callers: a long-lived credential (basic) or a token"
     " (bearer), by upstream and scheme.",
     ["upstream", "scheme"],
-    registry=REGISTRY,
 )
-RPC_DURATION = Histogram(
+RPC_DURATION = PlainHistogram(
     "vregistry_rpc_duration_seconds",
     "gRPC request latency, by method and status code.",
     ["method", "code"],
     buckets=_LATENCY_BUCKETS,
-    registry=REGISTRY,
 )
-TOKEN_CACHE = Counter(
+_RPC_BOUNDS = RPC_DURATION.bounds
+TOKEN_CACHE = PlainCounter(
     "vregistry_token_cache_requests_total",
     "Token cache lookups, by layer (near, memory, redis) and result (hit, miss, error).",
     ["layer", "result"],
-    registry=REGISTRY,
 )
-RESOLVE_CACHE = Counter(
+RESOLVE_CACHE = PlainCounter(
     "vregistry_resolve_cache_requests_total",
     "ResolveUpstream resolution cache lookups, by layer (memory, redis) and result (hit,"
     " negative, expired, stale, miss, error).",
     ["layer", "result"],
-    registry=REGISTRY,
 )
 TOKEN_CACHE_DEGRADED = Gauge(
     "vregistry_token_cache_degraded",
@@ -101,23 +203,23 @@ REALM_REFUSALS = Counter(
 
 
 @functools.lru_cache(maxsize=512)
-def rpc_children(method: str, code: str) -> tuple[Any, Any]:
-    """The counter and histogram of one (method, code): ``labels()`` costs microseconds per call."""
+def rpc_children(method: str, code: str) -> tuple[PlainCounterChild, PlainHistogramChild]:
+    """The counter and histogram of one (method, code), found once per label set."""
     return RPC_REQUESTS.labels(method, code), RPC_DURATION.labels(method, code)
 
 
 @functools.lru_cache(maxsize=1024)
-def _disclosed_child(upstream_id: str, scheme: str) -> Any:
+def _disclosed_child(upstream_id: str, scheme: str) -> PlainCounterChild:
     return CREDENTIALS_DISCLOSED.labels(upstream_id, scheme)
 
 
 @functools.lru_cache(maxsize=64)
-def _token_cache_child(layer: str, result: str) -> Any:
+def _token_cache_child(layer: str, result: str) -> PlainCounterChild:
     return TOKEN_CACHE.labels(layer, result)
 
 
 @functools.lru_cache(maxsize=64)
-def _resolve_cache_child(layer: str, result: str) -> Any:
+def _resolve_cache_child(layer: str, result: str) -> PlainCounterChild:
     return RESOLVE_CACHE.labels(layer, result)
 
 
@@ -126,11 +228,11 @@ class PrometheusObserver(Observer):
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         requests, duration = rpc_children(method, code)
-        requests.inc()
-        duration.observe(seconds)
+        requests.value += 1
+        duration.observe(_RPC_BOUNDS, seconds)
 
     def credentials_disclosed(self, upstream_id: str, scheme: str) -> None:
-        _disclosed_child(upstream_id, scheme).inc()
+        _disclosed_child(upstream_id, scheme).value += 1
 
     def ping(self, upstream_id: str, outcome: str) -> None:
         PINGS.labels(upstream_id, outcome).inc()
@@ -139,10 +241,10 @@ class PrometheusObserver(Observer):
         TOKEN_FETCHES.labels(upstream_id, flow, outcome).inc()
 
     def token_cache(self, layer: str, result: str) -> None:
-        _token_cache_child(layer, result).inc()
+        _token_cache_child(layer, result).value += 1
 
     def resolve_cache(self, layer: str, result: str) -> None:
-        _resolve_cache_child(layer, result).inc()
+        _resolve_cache_child(layer, result).value += 1
 
     def token_cache_degraded(self, degraded: bool) -> None:
         TOKEN_CACHE_DEGRADED.set(1 if degraded else 0)
