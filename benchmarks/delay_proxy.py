@@ -51,24 +51,11 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 from yarl import URL
 
+from tests.support.processes import stop_process
+from tests.support.proxy import HOP_BY_HOP_HEADERS
+
 ROOT = Path(__file__).resolve().parent.parent
 STATS_PATH = "/_delay_proxy/records"
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-        "content-length",
-    }
-)
 # Headers aiohttp's client adds by itself: skipped unless the caller sent them, so the
 # backend sees what the caller sent.
 _AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
@@ -156,7 +143,7 @@ class DelayProxyServer:
         headers = CIMultiDict(
             (name, value)
             for name, value in request.headers.items()
-            if name.lower() not in _HOP_BY_HOP
+            if name.lower() not in HOP_BY_HOP_HEADERS
         )
         skip = [name for name in _AUTO_HEADERS if name not in headers]
         try:
@@ -173,7 +160,7 @@ class DelayProxyServer:
                 relayed = CIMultiDict(
                     (name, value)
                     for name, value in answer.headers.items()
-                    if name.lower() not in _HOP_BY_HOP
+                    if name.lower() not in HOP_BY_HOP_HEADERS
                 )
                 if request.method == hdrs.METH_HEAD and hdrs.CONTENT_LENGTH in answer.headers:
                     # No body to count: the backend's length is the answer.
@@ -313,13 +300,7 @@ class DelayProxy:
         return [DelayRecord(**r) for r in self._stats(mark)["records"]]
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        stop_process(self.process, timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
 

@@ -49,7 +49,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.environment import ROOT  # noqa: F401  (puts the repository root on sys.path)
 from benchmarks.machine import cpu_model
 from tests.support.images import PushedImage
+from tests.support.processes import stop_process
 from tests.support.pull_world import FRONT_DIR, PullWorld, client_env, crane_path, pull_world
+from tests.support.server_process import server_env
 
 OUT = Path(__file__).parent / "out"
 IMAGES = ("bench_open", "bench_token")
@@ -89,18 +91,13 @@ def running_front(binary: Path, world: PullWorld, log_path: Path) -> Iterator[st
         *("--registry-id", "main", "--caller-token-file", str(world.caller_token_file)),
         *("--log-level", "info"),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VREGISTRY_")}
+    env = server_env()
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
         yield _wait_listening(process, log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 15)
 
 
 def _wait_listening(process: subprocess.Popen[bytes], log_path: Path) -> str:

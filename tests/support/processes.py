@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 LOCALHOST = "127.0.0.1"
 
@@ -138,15 +138,7 @@ class ManagedProcess:
         popen = self._popen
         if popen is None:
             return
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    popen.kill()
-                popen.wait(timeout=timeout)
+        stop_process(popen, timeout)
         with _live_lock:
             _live.discard(self)
 
@@ -196,6 +188,21 @@ def start_with_port_retry(start: Callable[[int], T], attempts: int = 3) -> T:
             last = exc
     assert last is not None
     raise last
+
+
+def stop_process(popen: subprocess.Popen[Any], timeout: float) -> int | None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL (and wait as long again); the exit
+    code. Does nothing to a process that has already ended."""
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                popen.kill()
+            popen.wait(timeout=timeout)
+    return popen.returncode
 
 
 def clean_env(drop_prefixes: Sequence[str] = ()) -> dict[str, str]:

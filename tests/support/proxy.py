@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support.httpserver import BackgroundHTTPServer, BodyError, Knob, QuietHandler
 
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP_HEADERS = frozenset(
     {
         "connection",
         "keep-alive",
@@ -245,7 +245,7 @@ class Proxy(BackgroundHTTPServer):
         try:
             conn.putrequest(method, handler.path, skip_host=True, skip_accept_encoding=True)
             for name, value in handler.headers.items():
-                if name.lower() not in _HOP_BY_HOP:
+                if name.lower() not in HOP_BY_HOP_HEADERS:
                     conn.putheader(name, value)
             if body or method in ("POST", "PUT", "PATCH"):
                 conn.putheader("Content-Length", str(len(body)))
@@ -269,7 +269,7 @@ class Proxy(BackgroundHTTPServer):
             lowered = name.lower()
             if lowered == "content-length":
                 backend_length = value
-            if lowered not in _HOP_BY_HOP:
+            if lowered not in HOP_BY_HOP_HEADERS:
                 handler.send_header(name, value)
         if method == "HEAD" or status in _NO_BODY_STATUSES or 100 <= status < 200:
             if backend_length is not None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.processes import free_port
+from tests.support.processes import clean_env, free_port, stop_process
 
 SERVER = (
     shutil.which("vregistry-server", path=str(Path(sys.executable).parent)) or "vregistry-server"
@@ -47,15 +45,10 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = stop_process(self.process, 15)
         self._log.close()
-        return self.process.returncode
+        assert code is not None
+        return code
 
 
 def wait_serving(
@@ -93,7 +86,7 @@ def wait_serving(
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VREGISTRY_")}
+    env = clean_env(drop_prefixes=("VREGISTRY_",))
     env.update(extra or {})
     return env
 

@@ -4,7 +4,6 @@ stores are in tests/integration/test_admin_persistence.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,9 +14,9 @@ import pytest
 import yaml
 
 from tests.support.admin import new_keyring
-from tests.support.processes import RedisServer, free_port
+from tests.support.processes import RedisServer, free_port, stop_process
 from tests.support.registry import RegistryServer
-from tests.support.server_process import SERVER, wait_serving
+from tests.support.server_process import SERVER, server_env, wait_serving
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import config_service_pb2_grpc as cpb_grpc
 from vregistry.v1 import upstream_service_pb2 as pb
@@ -40,7 +39,7 @@ def spawn(tmp_path: Path) -> Iterator[object]:
     ) -> tuple[str, Path, subprocess.Popen[bytes]]:
         port = free_port()
         log = tmp_path / f"server-{len(started)}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VREGISTRY_")}
+        env = server_env()
         env.update(env_extra or {})
         process = subprocess.Popen(
             [SERVER, *args, "--listen", f"127.0.0.1:{port}"],
@@ -55,13 +54,7 @@ def spawn(tmp_path: Path) -> Iterator[object]:
 
     yield run
     for process, _ in started:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 15)
 
 
 def test_server_process_seeds_once_and_finds_everything_after_restart(
@@ -158,7 +151,7 @@ def test_server_process_seeds_once_and_finds_everything_after_restart(
 
 
 def test_server_refuses_bad_admin_flags(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VREGISTRY_")}
+    env = server_env()
     bad_key = tmp_path / "bad.keys"
     bad_key.write_text("k1:not-base64!!\n")
     cases = [

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,9 +31,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, stop_process
 from tests.support.registry import RegistryServer
-from tests.support.server_process import wait_serving
+from tests.support.server_process import server_env, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
@@ -90,7 +89,7 @@ def stack(
     )
     port = free_port()
     target = f"127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VREGISTRY_")}
+    env = server_env()
     assert token_registry.password is not None
     env["VREG_CLIENTS_TOKEN_PW"] = token_registry.password
     log_path = workdir / "server.log"
@@ -140,13 +139,7 @@ def stack(
         answers.mkdir()
         yield Stack(stack_path, answers, data, log_path)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 15)
 
 
 def run_step(

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, stop_process
 from tests.support.server_process import server_env, wait_serving
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
@@ -161,13 +161,7 @@ def serving(installed: Installed) -> Iterator[tuple[subprocess.Popen[bytes], str
         wait_serving(process, target, log_path, timeout=30)
         yield process, target
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 20)
 
 
 def test_installed_server_answers(serving: tuple[subprocess.Popen[bytes], str]) -> None:

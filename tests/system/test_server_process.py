@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import yaml
 from tests.support.processes import free_port
 from tests.support.proxy import ProxyFactory
 from tests.support.registry import RegistryServer
-from tests.support.server_process import SERVER, ServerProcess, launch
+from tests.support.server_process import SERVER, ServerProcess, launch, server_env
 from tests.support.token_server import TokenServer
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
@@ -66,7 +65,7 @@ def run_server(tmp_path: Path) -> Iterator[object]:
 
     def run(args: list[str], extra_env: dict[str, str] | None = None) -> ServerProcess:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VREGISTRY_")}
+        env = server_env()
         env.update({"TOKEN_PW": "s3cret-token-pw", "WRONG_PW": WRONG_PASSWORD, **(extra_env or {})})
         if "VREGISTRY_LISTEN" not in env and "--listen" not in args:
             args = [*args, "--listen", f"127.0.0.1:{port}"]
@@ -212,7 +211,7 @@ def test_invalid_config_is_refused_at_start(
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(document))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VREGISTRY_")}
+    env = server_env()
     result = subprocess.run(
         [SERVER, "--config", str(path)], env=env, capture_output=True, text=True, timeout=30
     )

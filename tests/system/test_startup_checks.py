@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import free_port
-from tests.support.server_process import SERVER
+from tests.support.server_process import SERVER, server_env
 
 
 def _run(args: list[str], env_extra: dict[str, str] | None = None) -> tuple[int, str]:
     """Run the command; a server that starts instead of refusing is stopped and reported."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VREGISTRY_")}
+    env = server_env()
     env.update(env_extra or {})
     argv = [SERVER, "--listen", f"127.0.0.1:{free_port()}", *args]
     process = subprocess.Popen(
