@@ -373,9 +373,9 @@ async def _timed_resolve(service: Service, registry: str) -> float:
     return time.perf_counter() - started
 
 
-async def _abandoned_call(service: Service) -> None:
+async def _abandoned_call(service: Service, timeout: float = 1.0) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
-        await service.resolve("slow", "library/alpine/manifests/latest", timeout=1.0)
+        await service.resolve("slow", "library/alpine/manifests/latest", timeout=timeout)
 
 
 async def _eventually(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -448,20 +448,24 @@ async def test_in_flight_limit_waits_within_the_budget_and_frees_up(
 ) -> None:
     """With max_in_flight_per_upstream = 2 and the tarpit (a stand-in) holding both slots, a
     third call waits for a slot until its budget ends and never reaches the tarpit; once the
-    hard deadline ended the held exchanges, calls are admitted again."""
+    hard deadline ended the held exchanges, calls are admitted again.
+
+    The held exchanges run for their whole 3 s budget, so the third call's 0.8 s ends first
+    however long the set-up took on a loaded machine (with 1 s, a set-up slower than 0.2 s
+    let a held exchange end and hand the third call its slot)."""
     tarpit = Tarpit(interval=0.5)
     try:
         config = make_config(
             [upstream_entry("tarpit", tarpit.url)], {"slow": ["tarpit"]},
-            request_timeout_seconds=1.5, probe_timeout_seconds=1.5, probe_retries=0,
+            request_timeout_seconds=3.0, probe_timeout_seconds=3.0, probe_retries=0,
             circuit_failure_threshold=1000, max_in_flight_per_upstream=2,
         )  # fmt: skip
         service: Service = await service_factory(config)  # type: ignore[operator]
-        held = [asyncio.create_task(_abandoned_call(service)) for _ in range(2)]
+        held = [asyncio.create_task(_abandoned_call(service, timeout=3.5)) for _ in range(2)]
         assert await _eventually(lambda: tarpit.open_connections >= 2, 5)
         accepted = tarpit.accepted
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            # its deadline ends before the held exchanges' hard deadline (1.5 s) frees a slot
+            # its deadline ends before the held exchanges' hard deadline (3 s) frees a slot
             await service.resolve("slow", "library/alpine/manifests/latest", timeout=0.8)
         message = error_details(info.value).attempts[0].message
         assert "max_in_flight_per_upstream" in message and "none ended" in message
