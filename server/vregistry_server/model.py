@@ -193,12 +193,30 @@ class Scheme(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Reuse:
+    """How long an answer holds for the same question asked again, as the in-process
+    caches that gave it see it: while ``time.monotonic()`` is before ``until`` (the token
+    in this process's memory, the discovered challenge), the resolution cache's clock is
+    before ``fresh_until`` (a tag answer's validity), and the resolver's ``changes`` count
+    is what it was when the question was asked (nothing the answer came from was dropped
+    or replaced since). The gRPC face answers repeats from it (rpc/answer_memo.py) and
+    counts the cache layers named here as hits, as asking again would have counted them.
+    An answer that needed Redis or an upstream to be sure has none."""
+
+    until: float
+    fresh_until: float = float("inf")
+    token_layer: str = ""  # the token cache layer that answered ("near", "memory"), if one did
+    answer_layer: str = ""  # the resolution cache layer that answered, if one did
+
+
+@dataclass(frozen=True, slots=True)
 class AuthHeaders:
     headers: dict[str, str] = field(repr=False)
     scheme: Scheme
     expires_at: float | None = None  # unix time; None when the headers do not expire
     cache_hit: bool = False
     token_key: str | None = None  # the cache key of the token, to drop it when rejected
+    reuse: Reuse | None = field(default=None, compare=False, repr=False)
 
 
 class Outcome(enum.Enum):
@@ -242,3 +260,4 @@ class Resolution:
     # The immutable cache entry it was answered from (resolve_cache.CachedAnswer), or None:
     # an identity the gRPC face memoises the answer's message by (headers never in it).
     entry: object = field(default=None, compare=False, repr=False)
+    reuse: Reuse | None = field(default=None, compare=False, repr=False)

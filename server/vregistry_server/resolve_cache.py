@@ -259,6 +259,9 @@ class MemoryLayer:
         self._max_bytes = max_bytes
         self._clock = clock
         self.bytes = 0
+        # Counts every entry stored, dropped or pushed out (not one merely read): an answer
+        # given again from its Reuse (model.py) holds only while this has not moved.
+        self.changes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -280,6 +283,7 @@ class MemoryLayer:
         self._remove(key)
         self._entries[key] = (answer, registry_id, size)
         self.bytes += size
+        self.changes += 1
         while len(self._entries) > self._max_entries or self.bytes > self._max_bytes:
             oldest = next(iter(self._entries))
             self._remove(oldest)
@@ -296,6 +300,7 @@ class MemoryLayer:
     def clear(self) -> None:
         self._entries.clear()
         self.bytes = 0
+        self.changes += 1
 
     def remove(self, key: str) -> None:
         self._remove(key)
@@ -304,6 +309,7 @@ class MemoryLayer:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.bytes -= entry[2]
+            self.changes += 1
 
 
 # --------------------------------------------------------------------------- the cache
@@ -345,6 +351,11 @@ class ResolveCache:
 
     def now(self) -> float:
         return self._clock()
+
+    @property
+    def changes(self) -> int:
+        """How many times an entry in process memory was stored, dropped or pushed out."""
+        return self.memory.changes
 
     def key(self, registry: Registry, path: RegistryPath) -> str:
         known = self._fingerprints.get(registry.id)

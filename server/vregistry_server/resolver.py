@@ -34,6 +34,7 @@ from vregistry_server.model import (
     Outcome,
     Registry,
     Resolution,
+    Reuse,
     Settings,
     Upstream,
 )
@@ -85,6 +86,15 @@ class Resolver:
         )
         self.authenticator = Authenticator(self.client, self.cache, settings, observer=observer)
         self.prober = Prober(self.client, self.authenticator, settings, observer=observer)
+        # UrlFor's answers depend on the configuration alone: its repeats check this count.
+        self.configs_applied = 0
+
+    @property
+    def changes(self) -> int:
+        """Moves whenever something an answer's Reuse (model.py) relies on is replaced or
+        dropped: the configuration, a discovered challenge, a token, a cached resolution.
+        Read it before asking; an answer holds for a repeat only while it has not moved."""
+        return self.configs_applied + self.authenticator.changes + self.resolve_cache.changes
 
     def isolated_prober(self) -> tuple[Authenticator, Prober]:
         """A prober with its own auth memory and token cache, sharing only the HTTP client.
@@ -120,6 +130,7 @@ class Resolver:
                 self.config.upstreams, config.upstreams, self.config.registries, config.registries
             )
         self.config = dataclasses.replace(config, settings=self.config.settings)
+        self.configs_applied += 1
         self.resolve_cache.forget(gone)
         for upstream_id in changed:
             self.prober.breaker.forget(upstream_id)
@@ -224,7 +235,7 @@ class Resolver:
         key = cache.key(registry, parsed)
         found = await cache.get(key, registry.id, immutable=parsed.reference_is_digest)
         if found is not None and not refresh and found.answer.fresh(cache.now()):
-            return await self._from_cache(registry, parsed, found.answer, budget)
+            return await self._from_cache(registry, parsed, found.answer, budget, found.layer)
         try:
             resolution = await self._check(registry, parsed, budget)
         except NotFoundOnUpstreams as exc:
@@ -264,6 +275,7 @@ class Resolver:
         parsed: RegistryPath,
         answer: CachedAnswer,
         budget: Budget,
+        layer: str = "",
         *,
         stale: bool = False,
     ) -> Resolution:
@@ -300,7 +312,23 @@ class Resolver:
             stale=stale,
             checked_at=answer.checked_at,
             entry=answer,
+            reuse=_answer_reuse(answer, auth, layer) if not stale else None,
         )
+
+
+def _answer_reuse(answer: CachedAnswer, auth: AuthHeaders, layer: str) -> Reuse | None:
+    """A fresh answer from process memory holds as long as its headers do and, for a tag,
+    until its validity ends; one from Redis was just copied into memory (a change), so a
+    repeat asks once more and is answered from memory."""
+    if layer != "memory" or auth.reuse is None:
+        return None
+    fresh_until = answer.expires_at if answer.expires_at is not None else float("inf")
+    return Reuse(
+        auth.reuse.until,
+        fresh_until=fresh_until,
+        token_layer=auth.reuse.token_layer,
+        answer_layer=layer,
+    )
 
 
 def _as_deadline(exc: VRegistryError, budget: Budget) -> VRegistryError:

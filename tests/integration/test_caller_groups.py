@@ -228,6 +228,34 @@ async def test_basic_credential_of_group_a_never_reaches_group_b(
     assert '"caller": "bob-b"' not in "\n".join(audit)
 
 
+async def test_an_answer_given_again_is_given_only_to_its_caller_and_only_while_allowed(
+    service: AdminService, basic_registry: RegistryServer, captured: CapturedLogs
+) -> None:
+    """Repeats are answered from the gRPC face's answer memo (rpc/answer_memo.py): team-a's
+    kept header never reaches team-b's caller, a ``*`` caller gets its own audit line, and
+    once an operator deletes the upstream, team-a's next repeat is refused."""
+    call, existing = UPSTREAM_CALLS["GetAuthHeaders"]
+    stub = service.resolve_stub
+    encoded = _basic_value(basic_registry)
+    for _ in range(3):
+        code, _, reply = await _outcome(call(stub, existing, TOKEN_A))
+        assert code == grpc.StatusCode.OK and reply.headers["Authorization"] == f"Basic {encoded}"
+    code, details, reply = await _outcome(call(stub, existing, TOKEN_B))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and reply is None
+    assert details is not None and encoded not in repr(details)
+    code, _, reply = await _outcome(call(stub, existing, TOKEN_OPS))
+    assert code == grpc.StatusCode.OK
+    audit = [line for line in captured.lines if '"audit": "credentials_disclosed"' in line]
+    assert [('"caller": "ops"' in line) for line in audit] == [False, False, False, True]
+
+    await service.admin.DeleteUpstream(
+        cpb.DeleteUpstreamRequest(name=_upstream("team-a", existing), force=True),
+        metadata=_md(TOKEN_OPS),
+    )
+    code, details, reply = await _outcome(call(stub, existing, TOKEN_A))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and reply is None, details
+
+
 async def test_token_handed_out_is_audited(service: AdminService, captured: CapturedLogs) -> None:
     before = (
         REGISTRY.get_sample_value(

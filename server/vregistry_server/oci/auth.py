@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -23,7 +24,7 @@ from vregistry_server.errors import (
     UpstreamUnreachable,
     VRegistryError,
 )
-from vregistry_server.model import AuthHeaders, Credentials, Scheme, Settings, Upstream
+from vregistry_server.model import AuthHeaders, Credentials, Reuse, Scheme, Settings, Upstream
 from vregistry_server.oci.basic import basic_authorization
 from vregistry_server.oci.http import Budget, HttpClient
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
@@ -83,6 +84,9 @@ class Authenticator:
         self._renewers: set[asyncio.Task[None]] = set()
         # Per upstream, the cache keys this process stored tokens under (oldest first).
         self._token_keys: dict[str, dict[str, None]] = {}
+        # Counts every discovery remembered or forgotten and every token dropped: an answer
+        # given again from its Reuse (model.py) holds only while this has not moved.
+        self.changes = 0
 
     # ------------------------------------------------------------------ discovery
 
@@ -126,9 +130,11 @@ class Authenticator:
     def remember(self, upstream: Upstream, discovery: AuthDiscovery) -> None:
         valid_until = time.monotonic() + self._settings.challenge_cache_seconds
         self._discoveries[auth_identity(upstream)] = (discovery, valid_until)
+        self.changes += 1
 
     def forget(self, upstream_id: str) -> None:
         """Drop what we know about an upstream's auth: the next call rediscovers it."""
+        self.changes += 1
         for identity in [i for i in self._discoveries if i[0] == upstream_id]:
             del self._discoveries[identity]
         self._exchanger.forget(upstream_id)
@@ -161,10 +167,14 @@ class Authenticator:
         discovery: AuthDiscovery | None = None,
         bypass_cache: bool = False,
     ) -> AuthHeaders:
+        # Only an answer whose discovery came from this call's own lookup says how long it
+        # holds: a caller passing one in (the prober, mid-probe) re-asks anyway.
+        discovered_until = 0.0
         if discovery is None:
             discovery = await self.discover(upstream, budget)
+            discovered_until = self._discovered_until(upstream, discovery)
         if discovery.scheme is Scheme.NONE:
-            return AuthHeaders({}, Scheme.NONE)
+            return AuthHeaders({}, Scheme.NONE, reuse=_reuse(discovered_until))
         if discovery.scheme is Scheme.BASIC:
             if upstream.credentials is None:
                 raise CredentialsRejected(
@@ -172,11 +182,31 @@ class Authenticator:
                     metadata={"upstream_id": upstream.id},
                 )
             return AuthHeaders(
-                {"Authorization": basic_authorization(upstream.credentials)}, Scheme.BASIC
+                {"Authorization": basic_authorization(upstream.credentials)},
+                Scheme.BASIC,
+                reuse=_reuse(discovered_until),
             )
         scope = pull_scope(path, actions)
         scopes = [scope] if scope else []
-        return await self._bearer(upstream, discovery, scopes, budget, bypass_cache=bypass_cache)
+        headers = await self._bearer(upstream, discovery, scopes, budget, bypass_cache=bypass_cache)
+        if not headers.cache_hit or discovered_until <= 0 or headers.token_key is None:
+            return headers
+        return self._with_reuse(headers, headers.token_key, discovered_until)
+
+    def _discovered_until(self, upstream: Upstream, discovery: AuthDiscovery) -> float:
+        known = self._discoveries.get(auth_identity(upstream))
+        return known[1] if known is not None and known[0] is discovery else 0.0
+
+    def _with_reuse(self, headers: AuthHeaders, key: str, discovered_until: float) -> AuthHeaders:
+        """A token from the cache holds while this process's memory keeps it, the challenge
+        it was fetched for is still the known one, and it has not expired."""
+        held = self._cache.held_locally(key)
+        if held is None or headers.expires_at is None:
+            return headers
+        layer, held_until = held
+        expires = time.monotonic() + (headers.expires_at - time.time())
+        until = min(held_until, discovered_until, expires)
+        return dataclasses.replace(headers, reuse=Reuse(until, token_layer=layer))
 
     async def _bearer(
         self,
@@ -192,6 +222,7 @@ class Authenticator:
         )
         key = cache_key(upstream.id, discovery.realm, discovery.service, tuple(scopes), fingerprint)
         if bypass_cache:
+            self.changes += 1
             await self._cache.delete(key)
         else:
             cached = await self._cache.get(key)
@@ -370,6 +401,10 @@ def _lease_outcome(state: ClaimState, *, waited: bool) -> str:
     if state is ClaimState.CACHED:
         return "shared"
     return "unshared"
+
+
+def _reuse(discovered_until: float) -> Reuse | None:
+    return Reuse(discovered_until) if discovered_until > 0 else None
 
 
 def _bearer_headers(token: CachedToken, key: str, *, cache_hit: bool) -> AuthHeaders:

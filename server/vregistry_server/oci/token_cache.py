@@ -101,6 +101,12 @@ class TokenCache(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    def held_locally(self, key: str) -> tuple[str, float] | None:
+        """The layer that would answer ``get(key)`` from this process's memory, without a
+        round trip, and until when (``time.monotonic()``); None when ``get`` would ask
+        Redis (or has nothing)."""
+        ...
+
     async def delete_many(self, keys: Collection[str]) -> None:
         """Delete many keys at once: one round trip, not one per key."""
         ...
@@ -149,6 +155,12 @@ class MemoryTokenCache:
             del self._entries[key]
             return None
         return token
+
+    def held_locally(self, key: str) -> tuple[str, float] | None:
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() >= entry[1]:
+            return None
+        return self.name, entry[1]
 
     async def set(self, key: str, token: CachedToken, ttl_seconds: float) -> None:
         if ttl_seconds <= 0:
@@ -258,6 +270,14 @@ class RedisTokenCache:
         if token is not None and isinstance(pttl_ms, int) and pttl_ms > 0:
             await near.set(key, token, min(self.near_cache_seconds, pttl_ms / 1000))
         return token
+
+    def held_locally(self, key: str) -> tuple[str, float] | None:
+        # Only the near cache, and only while Redis answers: during an outage ``get`` reads
+        # the fallback, and once Redis is back it asks Redis again.
+        if self._near is None or self._outage.degraded:
+            return None
+        held = self._near.held_locally(key)
+        return None if held is None else ("near", held[1])
 
     def _counted(self, token: CachedToken | None) -> CachedToken | None:
         self._observer.token_cache(self.name, "miss" if token is None else "hit")

@@ -14,16 +14,19 @@ scheme; never the value.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
 from vregistry_server.model import AuthHeaders, RegistryUpstream, Resolution, Scheme, Upstream
 from vregistry_server.resolver import Resolver
 from vregistry_server.rpc import access
+from vregistry_server.rpc.answer_memo import NEVER, AnswerMemo, Memo
 from vregistry_server.rpc.boundary import (
     NullRpcObserver,
     RpcObserver,
@@ -34,9 +37,14 @@ from vregistry_server.rpc.boundary import (
 from vregistry_server.rpc.interceptors import current_caller
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 audit = logging.getLogger("vregistry.audit")
 _MEMBERS_KEPT = 1024
 _ANSWERS_KEPT = 1024
+# Responses given again from their Reuse (rpc/answer_memo.py): a few KB each at most.
+URL_MEMO_ENTRIES = 4096
+AUTH_MEMO_ENTRIES = 2048
+RESOLVE_MEMO_ENTRIES = 4096
 
 
 class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
@@ -49,17 +57,40 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         # id(cache entry) -> (entry, member, the response but headers and stale): see
         # _answer_pb; never mutated once stored (each response merges a copy of it).
         self._answers: dict[int, tuple[object, RegistryUpstream, pb.ResolveUpstreamResponse]] = {}
+        self._url_memo: AnswerMemo[tuple[int, str, str], pb.UrlForResponse] = AnswerMemo(
+            URL_MEMO_ENTRIES
+        )
+        self._auth_memo: AnswerMemo[
+            tuple[int, str, str, tuple[str, ...]], pb.GetAuthHeadersResponse
+        ] = AnswerMemo(AUTH_MEMO_ENTRIES)
+        self._resolve_memo: AnswerMemo[tuple[int, str, str], pb.ResolveUpstreamResponse] = (
+            AnswerMemo(RESOLVE_MEMO_ENTRIES)
+        )
 
     def _handle(
         self, context: grpc.aio.ServicerContext, method: str, work: Awaitable[T]
     ) -> Awaitable[T]:
         return handle(context, method, work, self._observer)
 
+    # Each method first looks for the same question from the same caller answered before
+    # and still holding (rpc/answer_memo.py), and otherwise asks the resolver, reading
+    # ``changes`` before asking so that a change during the call voids what it answers.
+
     async def UrlFor(
         self, request: pb.UrlForRequest, context: grpc.aio.ServicerContext
     ) -> pb.UrlForResponse:
+        started = time.perf_counter()
+        caller = current_caller()
+        key = (id(caller), request.upstream_id, request.path)
+        changes = self._resolver.configs_applied
+        memo = self._url_memo.get(key, caller, changes, self._resolver.resolve_cache.now)
+        if memo is not None:
+            self._observer.rpc("UrlFor", "OK", time.perf_counter() - started)
+            return memo.response
         url = await self._handle(context, "UrlFor", self._url_for(request))
-        return pb.UrlForResponse(url=url)
+        response = pb.UrlForResponse(url=url)
+        self._url_memo.put(key, Memo(caller, changes, NEVER, response, None, Scheme.NONE))
+        return response
 
     async def _url_for(self, request: pb.UrlForRequest) -> str:
         self._require_upstream(request.upstream_id)
@@ -68,6 +99,13 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
     async def GetAuthHeaders(
         self, request: pb.GetAuthHeadersRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAuthHeadersResponse:
+        started = time.perf_counter()
+        caller = current_caller()
+        key = (id(caller), request.upstream_id, request.path, tuple(request.actions))
+        changes = self._resolver.changes
+        memo = self._auth_memo.get(key, caller, changes, self._resolver.resolve_cache.now)
+        if memo is not None and _deadline_open(context):
+            return self._repeat("GetAuthHeaders", memo, request.upstream_id, started)
         result = await self._handle(context, "GetAuthHeaders", self._auth_headers(request, context))
         upstream = self._resolver.config.upstreams.get(request.upstream_id)
         self._disclosed("GetAuthHeaders", upstream, request.upstream_id, result.scheme)
@@ -76,18 +114,46 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         )
         if result.expires_at is not None:
             response.expires_at.CopyFrom(timestamp(result.expires_at))
+        if result.reuse is not None:
+            memo = Memo(caller, changes, result.reuse, response, upstream, result.scheme)
+            self._auth_memo.put(key, memo)
         return response
 
     async def ResolveUpstream(
         self, request: pb.ResolveUpstreamRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResolveUpstreamResponse:
+        started = time.perf_counter()
+        caller = current_caller()
+        key = (id(caller), request.registry_id, request.path)
+        changes = self._resolver.changes
+        if not request.refresh:
+            cache_clock = self._resolver.resolve_cache.now
+            memo = self._resolve_memo.get(key, caller, changes, cache_clock)
+            if memo is not None and memo.upstream is not None and _deadline_open(context):
+                return self._repeat("ResolveUpstream", memo, memo.upstream.id, started)
         resolution = await self._handle(
             context, "ResolveUpstream", self._resolution(request, context)
         )
         hit = resolution.hit
         upstream = hit.member.upstream
-        self._disclosed("ResolveUpstream", upstream, upstream.id, _scheme_of(hit.headers))
-        return self._response(resolution)
+        scheme = _scheme_of(hit.headers)
+        self._disclosed("ResolveUpstream", upstream, upstream.id, scheme)
+        response = self._response(resolution)
+        if resolution.reuse is not None and not request.refresh:
+            memo = Memo(caller, changes, resolution.reuse, response, upstream, scheme)
+            self._resolve_memo.put(key, memo)
+        return response
+
+    def _repeat(self, method: str, memo: Memo[M], upstream_id: str, started: float) -> M:
+        """A repeat answered from the memo: the counts and the audit line of any call."""
+        reuse = memo.reuse
+        if reuse.answer_layer:
+            self._resolver.observer.resolve_cache(reuse.answer_layer, "hit")
+        if reuse.token_layer:
+            self._resolver.observer.token_cache(reuse.token_layer, "hit")
+        self._disclosed(method, memo.upstream, upstream_id, memo.scheme)
+        self._observer.rpc(method, "OK", time.perf_counter() - started)
+        return memo.response
 
     def _response(self, resolution: Resolution) -> pb.ResolveUpstreamResponse:
         # The fresh headers, then everything else in one C-level merge of the answer's message.
@@ -196,6 +262,13 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
             },
         )
         self._observer.credentials_disclosed(upstream_id, scheme.value)
+
+
+def _deadline_open(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the caller's deadline, if any, has not passed (else the resolver's answer,
+    DEADLINE_EXCEEDED, is the one to give)."""
+    remaining = context.time_remaining()
+    return remaining is None or remaining > 0
 
 
 def _scheme_of(headers: Mapping[str, str]) -> Scheme:
