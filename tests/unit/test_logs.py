@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
+import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -153,3 +156,83 @@ def test_the_tail_cache_is_bounded_and_skips_exceptions() -> None:
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "boom", (), sys.exc_info())
     assert formatter.format(record) == _reference_line(record)
     assert "hunter22" not in formatter.format(record)
+
+
+AUDIT_FIELDS = (
+    ("audit", "credentials_disclosed"),
+    ("method", "GetAuthHeaders"),
+    ("caller", "ops"),
+    ("group", "team-a"),
+    ("upstream_id", "up-1"),
+    ("scheme", "bearer"),
+)
+
+
+@pytest.fixture
+def service_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The root logger as configure_logging leaves it, writing to a string; one clock."""
+    stream = io.StringIO()
+    handler = logs.JsonLineHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    monkeypatch.setattr(time, "time", lambda: 1_764_600_000.0421)
+    try:
+        yield stream
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def test_direct_audit_lines_are_the_lines_logging_writes(service_logging: io.StringIO) -> None:
+    logger = logging.getLogger("vregistry.test-audit")
+    logs.AuditLines(logger).info("credentials disclosed", AUDIT_FIELDS)
+    logs.AuditLines(logger).info("credentials disclosed", AUDIT_FIELDS)  # from the tail cache
+    logger.info("credentials disclosed", extra=dict(AUDIT_FIELDS))
+    first, second, by_logging = service_logging.getvalue().splitlines()
+    assert first == second == by_logging
+    assert json.loads(first)["ts"] == "2025-12-01T14:40:00.042Z"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize("change", ["handler", "filter", "root-filter", "disabled", "level"])
+def test_any_other_logging_configuration_gets_real_records(
+    service_logging: io.StringIO, change: str
+) -> None:
+    logger = logging.getLogger(f"vregistry.test-audit-{change}")
+    extra = _Records()
+    if change == "handler":
+        logger.addHandler(extra)
+    elif change == "filter":
+        logger.addFilter(lambda record: record.getMessage() != "credentials disclosed")
+    elif change == "root-filter":
+        logging.getLogger().handlers[0].addFilter(lambda record: False)
+    elif change == "disabled":
+        logger.disabled = True
+    else:
+        logger.setLevel(logging.WARNING)
+    try:
+        logs.AuditLines(logger).info("credentials disclosed", AUDIT_FIELDS)
+    finally:
+        logger.removeHandler(extra)
+        logger.filters.clear()
+        logging.getLogger().handlers[0].filters.clear()
+        logger.disabled = False
+        logger.setLevel(logging.NOTSET)
+    # Exactly what logger.info does under that configuration: here, nothing on the
+    # service's stream except through the capture handler's propagation.
+    if change == "handler":
+        assert len(extra.records) == 1 and extra.records[0].caller == "ops"  # type: ignore[attr-defined]
+        assert service_logging.getvalue().count("credentials disclosed") == 1
+    else:
+        assert service_logging.getvalue() == ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Mapping
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -39,6 +39,24 @@ from vregistry_server.rpc.interceptors import current_caller
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 audit = logging.getLogger("vregistry.audit")
+AuditFields = tuple[tuple[str, str], ...]
+
+
+class AuditLog(Protocol):
+    """Where audit lines go: the logger itself here; the runtime passes its direct writer
+    (runtime/logs.py AuditLines), which writes the same line for less."""
+
+    def info(self, message: str, fields: AuditFields) -> None: ...
+
+
+class LoggerAudit:
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def info(self, message: str, fields: AuditFields) -> None:
+        self._logger.info(message, extra=dict(fields))
+
+
 _MEMBERS_KEPT = 1024
 _ANSWERS_KEPT = 1024
 # Responses given again from their Reuse (rpc/answer_memo.py): a few KB each at most.
@@ -48,9 +66,16 @@ RESOLVE_MEMO_ENTRIES = 4096
 
 
 class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
-    def __init__(self, resolver: Resolver, observer: RpcObserver | None = None) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        observer: RpcObserver | None = None,
+        *,
+        audit_log: AuditLog | None = None,
+    ) -> None:
         self._resolver = resolver
         self._observer = observer or NullRpcObserver()
+        self._audit = audit_log or LoggerAudit(audit)
         # id(member) -> (member, its pb.Upstream): built once per member of the configuration
         # in use, not per call; the member is kept so that a reused id cannot match.
         self._members: dict[int, tuple[RegistryUpstream, pb.Upstream]] = {}
@@ -250,16 +275,16 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         if scheme is Scheme.NONE:
             return
         caller = current_caller()
-        audit.info(
+        self._audit.info(
             "credentials disclosed",
-            extra={
-                "audit": "credentials_disclosed",
-                "method": method,
-                "caller": caller.name,
-                "group": upstream.group if upstream is not None else "",
-                "upstream_id": upstream_id,
-                "scheme": scheme.value,
-            },
+            (
+                ("audit", "credentials_disclosed"),
+                ("method", method),
+                ("caller", caller.name),
+                ("group", upstream.group if upstream is not None else ""),
+                ("upstream_id", upstream_id),
+                ("scheme", scheme.value),
+            ),
         )
         self._observer.credentials_disclosed(upstream_id, scheme.value)
 

@@ -118,38 +118,48 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         fields, all_strings = _extra_fields(record)
-        head = f'{{"ts": "{self._timestamp(record)}", '
+        head = self.head(record.created, record.msecs)
         if (record.exc_info and record.exc_info[0] is not None) or not all_strings:
-            return head + self._tail(record, message, fields)
-        key = (record.levelname, record.name, message, tuple(fields))
+            return head + self._tail(record.levelname, record.name, message, fields, record)
+        return head + self.string_tail(record.levelname, record.name, message, tuple(fields))
+
+    def head(self, created: float, msecs: float) -> str:
+        """``{"ts": "…", `` for a record made at ``created`` (``msecs``: its milliseconds)."""
+        second = int(created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f'{{"ts": "{self._second_text}.{int(msecs):03d}Z", '
+
+    def string_tail(
+        self, levelname: str, name: str, message: str, fields: tuple[tuple[str, str], ...]
+    ) -> str:
+        """The rest of a line without an exception whose extra fields are all strings."""
+        key = (levelname, name, message, fields)
         tail = self._tails.get(key)
         if tail is None:
             if len(self._tails) >= _TAIL_CACHE_SIZE:
                 self._tails.clear()
-            tail = self._tails[key] = self._tail(record, message, fields)
-        return head + tail
+            tail = self._tails[key] = self._tail(levelname, name, message, list(fields), None)
+        return tail
 
-    def _timestamp(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second:  # strftime once a second, not once a line
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._second_text}.{int(record.msecs):03d}Z"
-
-    def _tail(self, record: logging.LogRecord, message: str, fields: list[tuple[str, Any]]) -> str:
+    def _tail(
+        self,
+        levelname: str,
+        name: str,
+        message: str,
+        fields: list[tuple[str, Any]],
+        record: logging.LogRecord | None,
+    ) -> str:
         """The redacted JSON after ``{"ts": "…", ``: a timestamp (digits, "-", ":", "T",
         ".", "Z") can neither hold nor start a match of any redaction pattern, so redacting
         the rest alone gives the same line as redacting it whole."""
-        entry: dict[str, Any] = {
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": message,
-        }
+        entry: dict[str, Any] = {"level": levelname.lower(), "logger": name, "msg": message}
         for key, value in fields:
             entry[key] = (
                 value if isinstance(value, int | float | bool) or value is None else str(value)
             )
-        if record.exc_info and record.exc_info[0] is not None:
+        if record is not None and record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
             entry["exc"] = self.formatException(record.exc_info)
         return redact(json.dumps(entry, ensure_ascii=False, default=str)[1:])
@@ -163,14 +173,83 @@ class JsonLineHandler(logging.StreamHandler[TextIO]):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = self.stream
-            stream.write(self.format(record) + self.terminator)
-            if not getattr(stream, "line_buffering", False):
-                stream.flush()
+            self.write_line(self.format(record) + self.terminator)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        """One whole line, terminator included (the caller holds the handler's lock)."""
+        stream = self.stream
+        stream.write(line)
+        if not getattr(stream, "line_buffering", False):
+            stream.flush()
+
+
+class AuditLines:
+    """Audit lines (one per credential handed out, on every hot call) written straight to
+    the service's JSON handler: the line ``logger.info(message, extra=fields)`` would
+    write there, byte for byte, without the logging machinery (a LogRecord of ~25
+    attributes, filters, two locks, the formatter's field scan), which in the server
+    cost ~150 µs of a ~500 µs hot call (benchmarks/RESULTS.md, "Answer memo").
+
+    Only while the logging configuration is the service's own (configure_logging): the
+    logger and its ancestors have no filters and no handler but the root's one
+    JsonLineHandler with its JsonFormatter, nothing disabled, INFO enabled. Any other
+    configuration (a test's capture handler, an embedder's own) gets a real record
+    through ``logger.info``, as before.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def info(self, message: str, fields: tuple[tuple[str, str], ...]) -> None:
+        handler = self._direct_handler()
+        if handler is None:
+            self._logger.info(message, extra=dict(fields))
+            return
+        formatter = handler.formatter
+        assert isinstance(formatter, JsonFormatter)
+        created = time.time()
+        tail = formatter.string_tail("INFO", self._logger.name, message, fields)
+        line = formatter.head(created, (created - int(created)) * 1000) + tail + "\n"
+        handler.acquire()
+        try:
+            handler.write_line(line)
+        except Exception:
+            record = self._logger.makeRecord(
+                self._logger.name, logging.INFO, "", 0, message, (), None
+            )
+            handler.handleError(record)
+        finally:
+            handler.release()
+
+    def _direct_handler(self) -> JsonLineHandler | None:
+        logger: logging.Logger | None = self._logger
+        if not self._logger.isEnabledFor(logging.INFO):
+            return None
+        found: JsonLineHandler | None = None
+        while logger is not None:
+            if logger.disabled or logger.filters:
+                return None
+            for handler in logger.handlers:
+                if found is not None or not _is_service_handler(handler):
+                    return None
+                found = handler  # type: ignore[assignment]
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return found
+
+
+def _is_service_handler(handler: logging.Handler) -> bool:
+    return (
+        type(handler) is JsonLineHandler
+        and type(handler.formatter) is JsonFormatter
+        and not handler.filters
+        and handler.level <= logging.INFO
+    )
 
 
 def configure_logging(level: str = "info") -> None:
