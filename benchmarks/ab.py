@@ -1,0 +1,128 @@
+"""A/B of package variants: the baseline and copies of ``vregistry_server`` under one load.
+
+Each variant is a directory holding a ``vregistry_server`` package (a copy of the tree with
+one change, e.g. ``git archive <commit> server/vregistry_server``), or ``-`` for the
+installed tree; each runs as its own ``vregistry-server`` process with that directory first
+on ``PYTHONPATH``, beside the bare baseline, in the benchmark's environment (real Redis,
+registries, token server, delaying proxies: ``benchmarks/environment.py``). Rounds are
+interleaved and their order reversed every other round; each round warms up, then measures
+the **server CPU per call** (utime + stime of the process tree, from /proc) and req/s. On a
+shared VM the same code moves by tens of percent between rounds at saturation, so read
+many-round medians, and prefer ``--rps`` (a fixed offered rate) for small differences.
+
+    .venv/bin/python -m benchmarks.ab --scenario hot --rounds 12 --calls 4000 \\
+        --variant now=- --variant before=/tmp/before [--rps 1500]
+
+Results: the medians on stdout, every round in ``benchmarks/out/ab-<scenario>-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.environment import (  # noqa: E402
+    ServerProcess,
+    baseline_process,
+    environment,
+    response_sizes,
+    service_process,
+)
+from benchmarks.loadgen import run_ghz  # noqa: E402
+from benchmarks.procstat import cpu_seconds  # noqa: E402
+from benchmarks.scenarios import HOT, RESOLVE, RESOLVE_FROM_CACHE, URL_FOR  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+# name: (method, request, calls in flight)
+SCENARIOS: dict[str, tuple[str, Any, int]] = {
+    "hot": ("GetAuthHeaders", HOT, 64),
+    "url": ("UrlFor", URL_FOR, 64),
+    "from-cache": ("ResolveUpstream", RESOLVE_FROM_CACHE, 64),
+    "cold": ("ResolveUpstream", RESOLVE, 16),
+}
+
+
+def _servers(args: argparse.Namespace, config: Path, logs: Path) -> dict[str, ServerProcess]:
+    servers: dict[str, ServerProcess] = {}
+    for spec in args.variant:
+        name, _, directory = spec.partition("=")
+        server = service_process(config, logs, name=f"ab-{name}")
+        if directory not in ("", "-"):
+            server.env["PYTHONPATH"] = str(Path(directory).resolve())
+        servers[name] = server.start()
+    sizes = response_sizes(next(iter(servers.values())).target)
+    return {"baseline": baseline_process(logs, sizes).start(), **servers}
+
+
+def _round(server: ServerProcess, args: argparse.Namespace, out: Path) -> dict[str, float]:
+    method, request, in_flight = SCENARIOS[args.scenario]
+    common: dict[str, Any] = {"connections": 4, "concurrency": in_flight}
+    run_ghz(server.target, method, dict(request), out=out / "warmup.json",
+            total=max(args.calls // 5, 500), **common)  # fmt: skip
+    before = cpu_seconds(server.pids())
+    result = run_ghz(server.target, method, dict(request), out=out / "run.json",
+                     total=args.calls, rps=args.rps, **common)  # fmt: skip
+    cpu = cpu_seconds(server.pids()) - before
+    calls = max(result.count, 1)
+    return {"us_per_call": cpu / calls * 1e6, "rps": result.rps, "p99_ms": result.p99_ms,
+            "errors": result.errors}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="hot")
+    parser.add_argument("--variant", action="append", required=True, help="NAME=DIR, or NAME=-")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=4000, help="measured calls per round")
+    parser.add_argument("--rps", type=float, default=None, help="a fixed offered rate")
+    args = parser.parse_args(argv)
+    work = OUT / "ab"
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    rounds: dict[str, list[dict[str, float]]] = {}
+    with environment(work) as env:
+        servers = _servers(args, env.config("ab"), logs)
+        try:
+            for number in range(args.rounds):
+                order = list(servers.items())
+                if number % 2:
+                    order.reverse()
+                for name, server in order:
+                    row = _round(server, args, work)
+                    rounds.setdefault(name, []).append(row)
+                    print(f"round {number + 1} {name}: {row['us_per_call']:.0f} µs/call, "
+                          f"{row['rps']:.0f} req/s, p99 {row['p99_ms']:.1f} ms", flush=True)  # fmt: skip
+        finally:
+            for server in servers.values():
+                server.stop()
+    _report(rounds)
+    path = OUT / f"ab-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"args": vars(args), "rounds": rounds}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+def _report(rounds: dict[str, list[dict[str, float]]]) -> None:
+    baseline = rounds["baseline"]
+    for name, rows in rounds.items():
+        cpu = statistics.median(r["us_per_call"] for r in rows)
+        line = f"{name}: median {cpu:.0f} µs/call, {statistics.median(r['rps'] for r in rows):.0f} req/s"
+        if name != "baseline":
+            ratio = statistics.median(
+                r["rps"] / b["rps"] for r, b in zip(rows, baseline, strict=True)
+            )
+            line += f", req/s vs baseline x{ratio:.2f} (median of the rounds' ratios)"
+        print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
