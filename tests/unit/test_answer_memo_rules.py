@@ -40,7 +40,7 @@ class Clock:
 
 
 def _memo(caller: object, changes: int, reuse: Reuse) -> Memo[pb.UrlForResponse]:
-    return Memo(caller, changes, reuse, RESPONSE, None, Scheme.NONE)
+    return Memo(caller, changes, reuse, RESPONSE, None)
 
 
 def test_the_same_caller_gets_the_kept_response_while_nothing_changed() -> None:

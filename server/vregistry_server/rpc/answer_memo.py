@@ -37,11 +37,20 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
-from vregistry_server.model import Reuse, Scheme, Upstream
+from vregistry_server.model import Reuse
 
 M = TypeVar("M", bound=Message)
 K = TypeVar("K", bound=Hashable)
 NEVER = Reuse(float("inf"))  # UrlFor: a function of the configuration alone
+
+
+@dataclass(frozen=True, slots=True)
+class Disclosure:
+    """A credential handed out: the audit line's fields and the count's labels."""
+
+    fields: tuple[tuple[str, str], ...]
+    upstream_id: str
+    scheme: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +59,7 @@ class Memo(Generic[M]):
     changes: int
     reuse: Reuse
     response: M
-    upstream: Upstream | None  # what the audit line of a repeat names
-    scheme: Scheme
+    disclosure: Disclosure | None  # what a repeat writes again (None: no credential in it)
 
 
 class AnswerMemo(Generic[K, M]):

@@ -23,10 +23,11 @@ from google.protobuf.message import Message
 
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry.v1 import upstream_service_pb2_grpc as pb_grpc
+from vregistry_server.admin.callers import Caller
 from vregistry_server.model import AuthHeaders, RegistryUpstream, Resolution, Scheme, Upstream
 from vregistry_server.resolver import Resolver
 from vregistry_server.rpc import access
-from vregistry_server.rpc.answer_memo import NEVER, AnswerMemo, Memo
+from vregistry_server.rpc.answer_memo import NEVER, AnswerMemo, Disclosure, Memo
 from vregistry_server.rpc.boundary import (
     NullRpcObserver,
     RpcObserver,
@@ -114,7 +115,7 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
             return memo.response
         url = await self._handle(context, "UrlFor", self._url_for(request))
         response = pb.UrlForResponse(url=url)
-        self._url_memo.put(key, Memo(caller, changes, NEVER, response, None, Scheme.NONE))
+        self._url_memo.put(key, Memo(caller, changes, NEVER, response, None))
         return response
 
     async def _url_for(self, request: pb.UrlForRequest) -> str:
@@ -130,18 +131,20 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         changes = self._resolver.changes
         memo = self._auth_memo.get(key, caller, changes, self._resolver.resolve_cache.now)
         if memo is not None and _deadline_open(context):
-            return self._repeat("GetAuthHeaders", memo, request.upstream_id, started)
+            return self._repeat("GetAuthHeaders", memo, started)
         result = await self._handle(context, "GetAuthHeaders", self._auth_headers(request, context))
         upstream = self._resolver.config.upstreams.get(request.upstream_id)
-        self._disclosed("GetAuthHeaders", upstream, request.upstream_id, result.scheme)
+        disclosure = _disclosure(
+            "GetAuthHeaders", caller, upstream, request.upstream_id, result.scheme
+        )
+        self._disclosed(disclosure)
         response = pb.GetAuthHeadersResponse(
             headers=result.headers, cache_hit=result.cache_hit, scheme=result.scheme.value
         )
         if result.expires_at is not None:
             response.expires_at.CopyFrom(timestamp(result.expires_at))
         if result.reuse is not None:
-            memo = Memo(caller, changes, result.reuse, response, upstream, result.scheme)
-            self._auth_memo.put(key, memo)
+            self._auth_memo.put(key, Memo(caller, changes, result.reuse, response, disclosure))
         return response
 
     async def ResolveUpstream(
@@ -154,29 +157,30 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
         if not request.refresh:
             cache_clock = self._resolver.resolve_cache.now
             memo = self._resolve_memo.get(key, caller, changes, cache_clock)
-            if memo is not None and memo.upstream is not None and _deadline_open(context):
-                return self._repeat("ResolveUpstream", memo, memo.upstream.id, started)
+            if memo is not None and _deadline_open(context):
+                return self._repeat("ResolveUpstream", memo, started)
         resolution = await self._handle(
             context, "ResolveUpstream", self._resolution(request, context)
         )
         hit = resolution.hit
         upstream = hit.member.upstream
         scheme = _scheme_of(hit.headers)
-        self._disclosed("ResolveUpstream", upstream, upstream.id, scheme)
+        disclosure = _disclosure("ResolveUpstream", caller, upstream, upstream.id, scheme)
+        self._disclosed(disclosure)
         response = self._response(resolution)
         if resolution.reuse is not None and not request.refresh:
-            memo = Memo(caller, changes, resolution.reuse, response, upstream, scheme)
+            memo = Memo(caller, changes, resolution.reuse, response, disclosure)
             self._resolve_memo.put(key, memo)
         return response
 
-    def _repeat(self, method: str, memo: Memo[M], upstream_id: str, started: float) -> M:
+    def _repeat(self, method: str, memo: Memo[M], started: float) -> M:
         """A repeat answered from the memo: the counts and the audit line of any call."""
         reuse = memo.reuse
         if reuse.answer_layer:
             self._resolver.observer.resolve_cache(reuse.answer_layer, "hit")
         if reuse.token_layer:
             self._resolver.observer.token_cache(reuse.token_layer, "hit")
-        self._disclosed(method, memo.upstream, upstream_id, memo.scheme)
+        self._disclosed(memo.disclosure)
         self._observer.rpc(method, "OK", time.perf_counter() - started)
         return memo.response
 
@@ -269,24 +273,28 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
     def _require_upstream(self, upstream_id: str) -> None:
         access.require_id("upstream", upstream_id, self._resolver.config.upstreams)
 
-    def _disclosed(
-        self, method: str, upstream: Upstream | None, upstream_id: str, scheme: Scheme
-    ) -> None:
-        if scheme is Scheme.NONE:
+    def _disclosed(self, disclosure: Disclosure | None) -> None:
+        if disclosure is None:
             return
-        caller = current_caller()
-        self._audit.info(
-            "credentials disclosed",
-            (
-                ("audit", "credentials_disclosed"),
-                ("method", method),
-                ("caller", caller.name),
-                ("group", upstream.group if upstream is not None else ""),
-                ("upstream_id", upstream_id),
-                ("scheme", scheme.value),
-            ),
-        )
-        self._observer.credentials_disclosed(upstream_id, scheme.value)
+        self._audit.info("credentials disclosed", disclosure.fields)
+        self._observer.credentials_disclosed(disclosure.upstream_id, disclosure.scheme)
+
+
+def _disclosure(
+    method: str, caller: Caller, upstream: Upstream | None, upstream_id: str, scheme: Scheme
+) -> Disclosure | None:
+    """The audit line's fields of a credential handed out (kept with a memo for its repeats)."""
+    if scheme is Scheme.NONE:
+        return None
+    fields = (
+        ("audit", "credentials_disclosed"),
+        ("method", method),
+        ("caller", caller.name),
+        ("group", upstream.group if upstream is not None else ""),
+        ("upstream_id", upstream_id),
+        ("scheme", scheme.value),
+    )
+    return Disclosure(fields, upstream_id, scheme.value)
 
 
 def _deadline_open(context: grpc.aio.ServicerContext) -> bool:
