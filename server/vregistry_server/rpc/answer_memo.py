@@ -42,13 +42,14 @@ from vregistry_server.model import Reuse
 M = TypeVar("M", bound=Message)
 K = TypeVar("K", bound=Hashable)
 NEVER = Reuse(float("inf"))  # UrlFor: a function of the configuration alone
+AuditFields = tuple[tuple[str, str], ...]  # an audit line's fields, in order
 
 
 @dataclass(frozen=True, slots=True)
 class Disclosure:
     """A credential handed out: the audit line's fields and the count's labels."""
 
-    fields: tuple[tuple[str, str], ...]
+    fields: AuditFields
     upstream_id: str
     scheme: str
 

@@ -27,7 +27,7 @@ from vregistry_server.admin.callers import Caller
 from vregistry_server.model import AuthHeaders, RegistryUpstream, Resolution, Scheme, Upstream
 from vregistry_server.resolver import Resolver
 from vregistry_server.rpc import access
-from vregistry_server.rpc.answer_memo import NEVER, AnswerMemo, Disclosure, Memo
+from vregistry_server.rpc.answer_memo import NEVER, AnswerMemo, AuditFields, Disclosure, Memo
 from vregistry_server.rpc.boundary import (
     NullRpcObserver,
     RpcObserver,
@@ -40,7 +40,6 @@ from vregistry_server.rpc.interceptors import current_caller
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 audit = logging.getLogger("vregistry.audit")
-AuditFields = tuple[tuple[str, str], ...]
 
 
 class AuditLog(Protocol):

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from vregistry_server.rpc.answer_memo import AuditFields
+
 _SECRET_NAMES = r"(?:password|passwd|secret|client_secret|token|access_token|refresh_token)"
 _SECRET_PATTERNS = (
     # A scheme and what may be its credentials; _credential_value decides (not a word).
@@ -191,8 +193,9 @@ class AuditLines:
     """Audit lines (one per credential handed out, on every hot call) written straight to
     the service's JSON handler: the line ``logger.info(message, extra=fields)`` would
     write there, byte for byte, without the logging machinery (a LogRecord of ~25
-    attributes, filters, two locks, the formatter's field scan), which in the server
-    cost ~150 µs of a ~500 µs hot call (benchmarks/RESULTS.md, "Answer memo").
+    attributes, filters, two locks, the formatter's field scan): on a repeated hot call
+    that machinery was the largest part of the service's own work (benchmarks/RESULTS.md,
+    "Answer memo and direct audit lines").
 
     Only while the logging configuration is the service's own (configure_logging): the
     logger and its ancestors have no filters and no handler but the root's one
@@ -204,7 +207,7 @@ class AuditLines:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
 
-    def info(self, message: str, fields: tuple[tuple[str, str], ...]) -> None:
+    def info(self, message: str, fields: AuditFields) -> None:
         handler = self._direct_handler()
         if handler is None:
             self._logger.info(message, extra=dict(fields))
