@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.support.processes import RedisServer
@@ -20,9 +21,11 @@ from tests.support.proxy import ProxyFactory
 from tests.support.registry import RegistryServer
 from tests.support.service import Service, make_config, start_service, upstream_entry
 from tests.support.token_server import TokenServer
+from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry_server.model import Config
 from vregistry_server.resolve_cache import ResolveCache
 from vregistry_server.resolver import Resolver
+from vregistry_server.rpc.upstream_servicer import UpstreamServicer
 from vregistry_server.runtime.metrics import PROMETHEUS, REGISTRY
 
 ALPINE = "library/alpine:latest"
@@ -279,3 +282,46 @@ async def test_a_token_is_reused_only_while_this_process_holds_it(
     assert kept.reuse.until <= time.monotonic() + near_cache_seconds
     assert kept.expires_at is not None
     assert kept.reuse.until <= time.monotonic() + (kept.expires_at - time.time()) + 0.01
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """The part of grpc.aio.ServicerContext the servicer uses, with the deadline set by the
+    test: a deadline that passed before the call was handled cannot be sent over a real
+    channel (the client fails it first), so this in-process context stands in for it."""
+
+    def __init__(self) -> None:
+        self.remaining: float | None = None
+        self.code: grpc.StatusCode | None = None
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    async def abort_with_status(self, status: object) -> None:
+        raise _Aborted(self.code)
+
+
+async def test_a_repeat_after_the_callers_deadline_is_the_resolvers_deadline_answer(
+    start: Start, basic_registry: RegistryServer
+) -> None:
+    assert basic_registry.credentials is not None
+    config = _config(("up", basic_registry.url), up={"credentials": basic_registry.credentials})
+    service, asked, _ = await start(config)
+    servicer = UpstreamServicer(service.resolver)
+    request = pb.GetAuthHeadersRequest(upstream_id="up", path="team/app/manifests/v1")
+    context = _Context()
+    await servicer.GetAuthHeaders(request, context)  # type: ignore[arg-type]  # discovers
+    kept = await servicer.GetAuthHeaders(request, context)  # type: ignore[arg-type]
+    assert await servicer.GetAuthHeaders(request, context) is kept  # type: ignore[arg-type]
+    assert asked.counts["get_auth_headers"] == 2
+    context.remaining = 0.0
+    with pytest.raises(_Aborted):
+        await servicer.GetAuthHeaders(request, context)  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert asked.counts["get_auth_headers"] == 3
