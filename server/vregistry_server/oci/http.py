@@ -100,8 +100,14 @@ def make_client(*, connect_timeout: float, request_timeout: float) -> UpstreamCl
     return UpstreamClient(connect_timeout=connect_timeout, request_timeout=request_timeout)
 
 
+@functools.cache
 def tls_context() -> ssl.SSLContext:
-    """The CAs upstream certificates are checked against: certifi's bundle, as httpx used."""
+    """The CAs upstream certificates are checked against: certifi's bundle, as httpx used.
+
+    One context per process, loaded when the first client is made (before the server
+    serves): loading the bundle takes ~25 ms of CPU, which on first use inside a cold burst
+    stalled the event loop for every caller at once (benchmarks/RESULTS.md, "first burst").
+    """
     return ssl.create_default_context(cafile=certifi.where())
 
 
@@ -133,7 +139,7 @@ class UpstreamClient:
         self._sessions: OrderedDict[str, aiohttp.ClientSession] = OrderedDict()
         self._busy: Counter[str] = Counter()
         self._closing: set[asyncio.Future[None]] = set()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls_context()
 
     def session_for(self, scope: EgressScope) -> aiohttp.ClientSession:
         session = self._sessions.get(scope.key)
@@ -145,8 +151,6 @@ class UpstreamClient:
         return session
 
     def _new_session(self, scope: EgressScope) -> aiohttp.ClientSession:
-        if self._tls is None:
-            self._tls = tls_context()
         connector = GuardedConnector(
             resolve=self._resolve,
             limit=scope.max_connections,
