@@ -38,11 +38,11 @@ from typing import Generic, TypeVar
 from google.protobuf.message import Message
 
 from vregistry_server.model import Reuse
+from vregistry_server.rpc.audit import AuditFields
 
 M = TypeVar("M", bound=Message)
 K = TypeVar("K", bound=Hashable)
 NEVER = Reuse(float("inf"))  # UrlFor: a function of the configuration alone
-AuditFields = tuple[tuple[str, str], ...]  # an audit line's fields, in order
 
 
 @dataclass(frozen=True, slots=True)

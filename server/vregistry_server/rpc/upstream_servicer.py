@@ -13,10 +13,9 @@ scheme; never the value.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Mapping
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -27,7 +26,8 @@ from vregistry_server.admin.callers import Caller
 from vregistry_server.model import AuthHeaders, RegistryUpstream, Resolution, Scheme, Upstream
 from vregistry_server.resolver import Resolver
 from vregistry_server.rpc import access
-from vregistry_server.rpc.answer_memo import NEVER, AnswerMemo, AuditFields, Disclosure, Memo
+from vregistry_server.rpc.answer_memo import NEVER, AnswerMemo, Disclosure, Memo
+from vregistry_server.rpc.audit import AuditLog, LoggerAudit
 from vregistry_server.rpc.boundary import (
     NullRpcObserver,
     RpcObserver,
@@ -39,24 +39,6 @@ from vregistry_server.rpc.interceptors import current_caller
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
-audit = logging.getLogger("vregistry.audit")
-
-
-class AuditLog(Protocol):
-    """Where audit lines go: the logger itself here; the runtime passes its direct writer
-    (runtime/logs.py AuditLines), which writes the same line for less."""
-
-    def info(self, message: str, fields: AuditFields) -> None: ...
-
-
-class LoggerAudit:
-    def __init__(self, logger: logging.Logger) -> None:
-        self._logger = logger
-
-    def info(self, message: str, fields: AuditFields) -> None:
-        self._logger.info(message, extra=dict(fields))
-
-
 _MEMBERS_KEPT = 1024
 _ANSWERS_KEPT = 1024
 # Responses given again from their Reuse (rpc/answer_memo.py): a few KB each at most.
@@ -75,7 +57,7 @@ class UpstreamServicer(pb_grpc.UpstreamServiceServicer):
     ) -> None:
         self._resolver = resolver
         self._observer = observer or NullRpcObserver()
-        self._audit = audit_log or LoggerAudit(audit)
+        self._audit = audit_log or LoggerAudit()
         # id(member) -> (member, its pb.Upstream): built once per member of the configuration
         # in use, not per call; the member is kept so that a reused id cannot match.
         self._members: dict[int, tuple[RegistryUpstream, pb.Upstream]] = {}

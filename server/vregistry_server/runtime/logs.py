@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from vregistry_server.rpc.answer_memo import AuditFields
+from vregistry_server.rpc.audit import AuditFields, LoggerAudit
 
 _SECRET_NAMES = r"(?:password|passwd|secret|client_secret|token|access_token|refresh_token)"
 _SECRET_PATTERNS = (
@@ -189,7 +189,7 @@ class JsonLineHandler(logging.StreamHandler[TextIO]):
             stream.flush()
 
 
-class AuditLines:
+class AuditLines(LoggerAudit):
     """Audit lines (one per credential handed out, on every hot call) written straight to
     the service's JSON handler: the line ``logger.info(message, extra=fields)`` would
     write there, byte for byte, without the logging machinery (a LogRecord of ~25
@@ -204,13 +204,10 @@ class AuditLines:
     through ``logger.info``, as before.
     """
 
-    def __init__(self, logger: logging.Logger) -> None:
-        self._logger = logger
-
     def info(self, message: str, fields: AuditFields) -> None:
         handler = self._direct_handler()
         if handler is None:
-            self._logger.info(message, extra=dict(fields))
+            super().info(message, fields)
             return
         formatter = handler.formatter
         assert isinstance(formatter, JsonFormatter)

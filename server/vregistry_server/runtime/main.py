@@ -36,7 +36,7 @@ from vregistry_server.config import ConfigError, build_config, load_config
 from vregistry_server.model import Config
 from vregistry_server.redis_topology import parse_redis_url
 from vregistry_server.resolver import Resolver
-from vregistry_server.rpc.upstream_servicer import UpstreamServicer, audit
+from vregistry_server.rpc.upstream_servicer import UpstreamServicer
 from vregistry_server.runtime import admin_setup
 from vregistry_server.runtime.logs import AuditLines, configure_logging
 from vregistry_server.runtime.metrics import PROMETHEUS, serve_metrics
@@ -98,7 +98,7 @@ async def start_server(
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ],
     )
-    servicer = UpstreamServicer(resolver, PROMETHEUS, audit_log=AuditLines(audit))
+    servicer = UpstreamServicer(resolver, PROMETHEUS, audit_log=AuditLines())
     pb_grpc.add_UpstreamServiceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
