@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -188,25 +187,23 @@ class Authenticator:
             )
         scope = pull_scope(path, actions)
         scopes = [scope] if scope else []
-        headers = await self._bearer(upstream, discovery, scopes, budget, bypass_cache=bypass_cache)
-        if not headers.cache_hit or discovered_until <= 0 or headers.token_key is None:
-            return headers
-        return self._with_reuse(headers, headers.token_key, discovered_until)
+        return await self._bearer(
+            upstream, discovery, scopes, budget, discovered_until, bypass_cache=bypass_cache
+        )
 
     def _discovered_until(self, upstream: Upstream, discovery: AuthDiscovery) -> float:
         known = self._discoveries.get(auth_identity(upstream))
         return known[1] if known is not None and known[0] is discovery else 0.0
 
-    def _with_reuse(self, headers: AuthHeaders, key: str, discovered_until: float) -> AuthHeaders:
+    def _token_reuse(self, key: str, token: CachedToken, discovered_until: float) -> Reuse | None:
         """A token from the cache holds while this process's memory keeps it, the challenge
         it was fetched for is still the known one, and it has not expired."""
-        held = self._cache.held_locally(key)
-        if held is None or headers.expires_at is None:
-            return headers
+        held = self._cache.held_locally(key) if discovered_until > 0 else None
+        if held is None:
+            return None
         layer, held_until = held
-        expires = time.monotonic() + (headers.expires_at - time.time())
-        until = min(held_until, discovered_until, expires)
-        return dataclasses.replace(headers, reuse=Reuse(until, token_layer=layer))
+        expires = time.monotonic() + (token.expires_at - time.time())
+        return Reuse(min(held_until, discovered_until, expires), token_layer=layer)
 
     async def _bearer(
         self,
@@ -214,6 +211,7 @@ class Authenticator:
         discovery: AuthDiscovery,
         scopes: list[str],
         budget: Budget,
+        discovered_until: float,
         *,
         bypass_cache: bool,
     ) -> AuthHeaders:
@@ -227,7 +225,8 @@ class Authenticator:
         else:
             cached = await self._cache.get(key)
             if cached is not None and cached.expires_at > time.time():
-                return _bearer_headers(cached, key, cache_hit=True)
+                reuse = self._token_reuse(key, cached, discovered_until)
+                return _bearer_headers(cached, key, cache_hit=True, reuse=reuse)
         token = await self._wait(
             self._token_flight.run(
                 key,
@@ -407,11 +406,14 @@ def _reuse(discovered_until: float) -> Reuse | None:
     return Reuse(discovered_until) if discovered_until > 0 else None
 
 
-def _bearer_headers(token: CachedToken, key: str, *, cache_hit: bool) -> AuthHeaders:
+def _bearer_headers(
+    token: CachedToken, key: str, *, cache_hit: bool, reuse: Reuse | None = None
+) -> AuthHeaders:
     return AuthHeaders(
         {"Authorization": f"Bearer {token.value}"},
         Scheme.BEARER,
         expires_at=token.expires_at,
         cache_hit=cache_hit,
         token_key=key,
+        reuse=reuse,
     )

@@ -274,7 +274,7 @@ class RedisTokenCache:
     def held_locally(self, key: str) -> tuple[str, float] | None:
         # Only the near cache, and only while Redis answers: during an outage ``get`` reads
         # the fallback, and once Redis is back it asks Redis again.
-        if self._near is None or self._outage.degraded:
+        if self._near is None or self.degraded:
             return None
         held = self._near.held_locally(key)
         return None if held is None else ("near", held[1])
