@@ -13,10 +13,12 @@ which changes how much pool bookkeeping each request costs. The clients run in
 interleaved rounds, so a loaded machine slows them alike.
 
 * ``vregistry``: ``oci.http.send`` as the service calls it (egress scope, in-flight slot,
-  budget, own task, shield, redirect handling) over aiohttp with the guarded connector
-  (``oci.http.UpstreamClient``: one session per upstream);
-* ``aiohttp``: ``aiohttp.ClientSession`` with the same guarded connector
-  (``realm_policy.GuardedConnector``), one per upstream, nothing of ``send`` around it;
+  budget, own task, shield, redirect handling) over the service's wire
+  (``oci.http.UpstreamClient`` -> ``oci.wire.Wire``: asyncio transports and llhttp, one
+  pool per upstream, the egress check on every new connection);
+* ``wire``: ``oci.wire.Wire.request`` alone, nothing of ``send`` around it;
+* ``aiohttp``: ``aiohttp.ClientSession`` (the wire before, 3.14.5), one per upstream, its
+  own connector (no egress check), nothing of ``send`` around it;
 * ``httpx``: ``httpx.AsyncClient.request`` (httpx's own transport, no egress check: the
   service's guarded httpx backend is gone), one client per upstream: the old wire;
 * ``httpcore``: ``httpcore.AsyncConnectionPool`` (httpcore's own class, its own
@@ -47,12 +49,12 @@ if str(ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 import httpcore  # noqa: E402
 import httpx  # noqa: E402
+from yarl import URL  # noqa: E402
 
 from tests.support.proxy import Proxy, start_proxy  # noqa: E402
 from tests.support.registry import RegistryServer, start_registry  # noqa: E402
-from vregistry_server.oci import http  # noqa: E402
+from vregistry_server.oci import http, wire  # noqa: E402
 from vregistry_server.oci.egress import AddressClass, EgressScope, enter_scope  # noqa: E402
-from vregistry_server.oci.realm_policy import GuardedConnector  # noqa: E402
 
 PATH = "/v2/library/app/manifests/latest"  # not pushed: a HEAD answered 404, no body
 ACCEPT = {"Accept": "application/vnd.oci.image.index.v1+json"}
@@ -113,7 +115,7 @@ async def _clients(stack: AsyncExitStack, urls: list[str]) -> dict[str, Head]:
     sessions = [
         await stack.enter_async_context(
             aiohttp.ClientSession(
-                connector=GuardedConnector(limit=200),
+                connector=aiohttp.TCPConnector(limit=200),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
             )
@@ -127,8 +129,17 @@ async def _clients(stack: AsyncExitStack, urls: list[str]) -> dict[str, Head]:
             await response.read()
             return response.status
 
+    wire_client = wire.Wire(connect_timeout=5.0, tls=http.tls_context(), max_pools=16)
+    stack.callback(wire_client.close)
+
+    async def wire_head(i: int) -> int:
+        enter_scope(scopes[i])  # this call's own task: the pool checks new connections
+        request = wire.Request("HEAD", URL(str(targets[i])), dict(ACCEPT), None, True, 65536)
+        return (await wire_client.request(request, seconds=10.0, scope=scopes[i])).status
+
     return {
         "vregistry": vregistry,
+        "wire": wire_head,
         "aiohttp": aiohttp_head,
         "httpx": httpx_head,
         "httpcore": httpcore_head,

@@ -77,7 +77,7 @@ async def test_pool_survives_cancellations_under_contention(
 
     # A small pool (settings.max_connections_per_upstream below) makes callers queue for
     # connections, where a cancelled waiter once lost a connection slot (httpcore 1.0,
-    # encode/httpcore#1093); the same must hold for aiohttp's pool.
+    # encode/httpcore#1093); the same must hold for the wire's pool (oci/wire.py).
     client = make_client(connect_timeout=2, request_timeout=5)
     third = proxy_factory(open_registry, delay_seconds=0.05)
     entries = [
@@ -109,10 +109,8 @@ async def test_pool_survives_cancellations_under_contention(
         )
         assert {r.upstream.id for r in replies} == {"second"}
         await asyncio.sleep(1.0)  # the abandoned probes of "third" finish
-        # No connection is still checked out of any upstream's pool (aiohttp's own count).
-        stuck = {
-            key: len(s.connector._acquired) for key, s in client._sessions.items() if s.connector
-        }
+        # No connection is still checked out of any upstream's pool.
+        stuck = {key: pool.in_use for key, pool in client.wire.pools.items()}
         assert not any(stuck.values()), stuck
     finally:
         await service.close()
@@ -140,7 +138,7 @@ async def test_upstream_cookies_are_not_kept_and_the_agent_is_ours(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A scripted upstream, because no registry sets cookies: one client serves every
-    # caller, so what one upstream sets must never be sent back (aiohttp's DummyCookieJar).
+    # caller, so what one upstream sets must never be sent back (the wire has no cookie jar).
     # A proxy named by the environment is not used (trust_env=False): it counts nothing.
     from tests.support.hostile import AcceptCounter
     from tests.support.scripted import Reply, start_scripted

@@ -18,7 +18,7 @@ from vregistry_server.redis_topology import DRIVER_INFO, connect
 def test_every_client_shares_the_one_tls_context() -> None:
     first = http.make_client(connect_timeout=1, request_timeout=1)
     second = http.make_client(connect_timeout=1, request_timeout=1)
-    assert first._tls is second._tls is http.tls_context()
+    assert first.wire.tls is second.wire.tls is http.tls_context()
 
 
 async def test_new_redis_connections_do_not_look_the_version_up(

@@ -5,22 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 import grpc
 import pytest
+from yarl import URL
 
 from tests.support.registry import RegistryServer
 from tests.support.scripted import Reply, start_scripted
 from tests.support.service import Service, error_details, make_config, upstream_entry
 from tests.support.token_server import TokenServer
+from vregistry_server.oci import http
+from vregistry_server.oci.egress import current_scope
 from vregistry_server.oci.realm_policy import (
     EGRESS_REFUSED,
     AddressClass,
     EgressRefusedError,
-    GuardedConnector,
     lift_restriction,
     restrict_connections,
 )
+from vregistry_server.oci.wire import Request, Wire
 
 StartService = Callable[..., Awaitable[Service]]
 
@@ -37,21 +39,28 @@ def _resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
 async def test_connections_go_to_the_checked_address(token_server: TokenServer) -> None:
     # "rebind.test" is unknown to the system resolver: connecting at all proves the
     # connection used the address our policy checked, not a second DNS answer.
-    connector = GuardedConnector(
-        resolve=_resolver({"rebind.test": ["127.0.0.1"], "meta.test": ["169.254.169.254"]})
+    client = Wire(
+        connect_timeout=2,
+        tls=http.tls_context(),
+        max_pools=4,
+        resolve=_resolver({"rebind.test": ["127.0.0.1"], "meta.test": ["169.254.169.254"]}),
     )
-    timeout = aiohttp.ClientTimeout(total=2)
     token = restrict_connections(frozenset({AddressClass.PUBLIC, AddressClass.LOOPBACK}))
+
+    def get(url: str) -> Request:
+        return Request("GET", URL(url), {}, None, True, 64 * 1024)
+
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            async with session.get(f"http://rebind.test:{token_server.port}/") as response:
-                assert response.status > 0  # it answered: the connection was made
-            with pytest.raises(aiohttp.ClientConnectorError) as caught:
-                await session.get("http://meta.test:80/")
-        assert isinstance(caught.value.os_error, EgressRefusedError)
-        assert EGRESS_REFUSED in str(caught.value.os_error)
+        reply = await client.request(
+            get(f"http://rebind.test:{token_server.port}/"), seconds=2, scope=current_scope()
+        )
+        assert reply.status > 0  # it answered: the connection was made
+        with pytest.raises(EgressRefusedError) as caught:
+            await client.request(get("http://meta.test:80/"), seconds=2, scope=current_scope())
+        assert EGRESS_REFUSED in str(caught.value)
     finally:
         lift_restriction(token)
+        client.close()
 
 
 async def _hostile(

@@ -7,8 +7,8 @@ observe that the service did not connect at all.
   from a script (a realm that redirects its POST with 307, the host it points to).
 - ``Tarpit``: answers ``/v2/`` at once and then trickles one byte every ``interval``
   seconds of every other response, forever; counts the connections it holds open.
-- ``ConnectLog``: patches aiohttp's connector where it opens sockets (after the guarded
-  connector's egress check) to record every address the service would open a socket to,
+- ``ConnectLog``: patches the wire where it opens sockets (``oci.wire.open_connection``,
+  after the egress check) to record every address the service would open a socket to,
   and to refuse, rather than reach, any address outside loopback: a test of a refused
   form can never leave the machine.
 
@@ -25,11 +25,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.support.httpserver import BackgroundHTTPServer, QuietHandler
 from tests.support.processes import LOCALHOST
+from vregistry_server.oci import wire
 
 
 class AcceptCounter:
@@ -220,21 +220,16 @@ class ConnectLog:
 @contextmanager
 def connect_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[ConnectLog]:
     log = ConnectLog()
-    real = aiohttp.TCPConnector._wrap_create_connection
+    real = wire.open_connection
 
-    async def recording(
-        self: aiohttp.TCPConnector, *args: Any, addr_infos: list[Any], req: Any, **kwargs: Any
-    ) -> Any:
-        addresses = [(str(info[4][0]), int(info[4][1])) for info in addr_infos]
-        log.attempts += addresses
-        if not all(host.startswith("127.") or host == "::1" for host, _ in addresses):
+    async def recording(factory: Any, address: str, port: int, **kwargs: Any) -> Any:
+        log.attempts.append((address, port))
+        if not (address.startswith("127.") or address == "::1"):
             # Never leave the machine, whatever the code under test got wrong.
-            raise aiohttp.ClientConnectorError(
-                req.connection_key, OSError(f"test guard: refusing to reach {addresses}")
-            )
-        return await real(self, *args, addr_infos=addr_infos, req=req, **kwargs)
+            raise OSError(f"test guard: refusing to reach {(address, port)}")
+        return await real(factory, address, port, **kwargs)
 
-    monkeypatch.setattr(aiohttp.TCPConnector, "_wrap_create_connection", recording)
+    monkeypatch.setattr(wire, "open_connection", recording)
     yield log
 
 

@@ -6,7 +6,7 @@ or async, written with httpx's Request and Response as plain data) and records e
 request it saw. ``client()`` is a ``MockClient``: what ``vregistry_server.oci.http.send``
 needs of a client (``HttpClient``), with the mock as the wire: nothing leaves the process.
 A handler that raises ``httpx.ConnectError`` or ``httpx.TimeoutException`` plays a refused
-connection or a timeout, raised as aiohttp would raise it.
+connection or a timeout, raised as the wire (oci/wire.py) would raise it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
-from aiohttp.client_reqrep import ConnectionKey
 from yarl import URL
 
 from vregistry_server.oci.egress import EgressScope
 from vregistry_server.oci.http import USER_AGENT, HttpClient, Reply, make_headers
+from vregistry_server.oci.wire import ConnectFailed
 
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
 
@@ -107,8 +106,8 @@ def use_fake_dns(monkeypatch: Any, table: dict[str, list[str]] | None = None) ->
 @dataclass(eq=False)  # hashable by identity, as send keeps per-client state
 class MockClient:
     """An ``HttpClient`` whose wire is a handler: the request goes out as an httpx.Request
-    (headers, form body, as aiohttp would send them), the handler's httpx.Response comes
-    back as the ``Reply`` aiohttp's would give."""
+    (headers, form body, as the wire would send them), the handler's httpx.Response comes
+    back as the ``Reply`` the wire would give."""
 
     handle: Callable[[httpx.Request], Awaitable[httpx.Response]]
     connect_timeout: float = 3.0
@@ -120,7 +119,7 @@ class MockClient:
         *,
         headers: dict[str, str],
         data: dict[str, str] | None,
-        http_timeout: aiohttp.ClientTimeout,
+        seconds: float,
         scope: EgressScope,
         read_body: bool,
         limit: int,
@@ -133,10 +132,7 @@ class MockClient:
         except httpx.TimeoutException as exc:
             raise TimeoutError(str(exc)) from exc
         except httpx.TransportError as exc:
-            key = ConnectionKey(
-                url.raw_host or "", url.port, url.scheme == "https", True, None, None, None
-            )
-            raise aiohttp.ClientConnectorError(key, OSError(str(exc))) from exc
+            raise ConnectFailed("cannot connect", OSError(str(exc))) from exc
         body: bytes | None = b""
         if read_body and method != "HEAD":
             content = await response.aread()

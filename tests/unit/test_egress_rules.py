@@ -1,8 +1,8 @@
 """The egress policy as pure rules (oci/egress.py, rules.py) and in the guarded backend.
 
-The connector tests give GuardedConnector a wire that only counts: a refused address
-must never reach it, so no socket is ever opened for a private, link-local or metadata
-address.
+The connection tests give the wire (oci/wire.py) an opener that only counts: a refused
+address must never reach it, so no socket is ever opened for a private, link-local or
+metadata address.
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import asyncio
 import dataclasses
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
+from yarl import URL
 
 from tests.support.mock_http import MockClient
 from vregistry_server.admin.records import UpstreamRecord, upstream_from_doc, upstream_to_doc
 from vregistry_server.config import ConfigError, build_config
 from vregistry_server.model import Scheme, Settings, Upstream
+from vregistry_server.oci import http, wire
 from vregistry_server.oci.auth import Authenticator
 from vregistry_server.oci.egress import (
     EGRESS_REFUSED,
@@ -29,17 +30,13 @@ from vregistry_server.oci.egress import (
     EgressScope,
     canonical,
     classify,
+    current_scope,
     enter_scope,
     is_metadata,
     leave_scope,
 )
 from vregistry_server.oci.http import Budget, UpstreamClient
-from vregistry_server.oci.realm_policy import (
-    AddressGuard,
-    EgressRefusedError,
-    GuardedConnector,
-    host_allowed,
-)
+from vregistry_server.oci.realm_policy import AddressGuard, EgressRefusedError, host_allowed
 from vregistry_server.oci.token_cache import MemoryTokenCache
 from vregistry_server.rules import (
     FieldError,
@@ -172,28 +169,35 @@ async def test_operator_and_api_scopes_differ() -> None:
 # --------------------------------------------------------------------------- in the connection
 
 
-class CountingConnector(GuardedConnector):
-    """The guarded connector over a wire that opens nothing: it only records the addresses
-    aiohttp was asked to connect to (after the guard's ``_resolve_host``)."""
+class CountingOpener:
+    """In place of ``wire.open_connection``: records the addresses the wire dialled (after
+    the guard's ``guarded_addresses``) and opens nothing."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self) -> None:
         self.connects: list[tuple[str, int]] = []
 
-    async def _wrap_create_connection(
-        self, *args: Any, addr_infos: list[Any], req: Any, client_error: Any = None, **kwargs: Any
-    ) -> Any:
-        self.connects += [(info[4][0], info[4][1]) for info in addr_infos]
-        raise aiohttp.ClientConnectorError(
-            req.connection_key, OSError("counting connector: no socket opened")
-        )
+    async def __call__(self, factory: Any, address: str, port: int, **kwargs: Any) -> Any:
+        self.connects.append((address, port))
+        raise OSError("counting opener: no socket opened")
 
 
-async def _connect(connector: GuardedConnector, host: str, port: int) -> None:
-    """A request through aiohttp's own connection path (literals and names alike)."""
+@pytest.fixture
+def opener(monkeypatch: pytest.MonkeyPatch) -> CountingOpener:
+    counting = CountingOpener()
+    monkeypatch.setattr(wire, "open_connection", counting)
+    return counting
+
+
+async def _connect(host: str, port: int, resolve: Any = None) -> None:
+    """A request through the wire's own connection path (literals and names alike)."""
     netloc = f"[{host}]" if ":" in host else host
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await session.get(f"http://{netloc}:{port}/", timeout=aiohttp.ClientTimeout(total=1))
+    kwargs = {"resolve": resolve} if resolve is not None else {}
+    client = wire.Wire(connect_timeout=1, tls=http.tls_context(), max_pools=4, **kwargs)
+    request = wire.Request("GET", URL(f"http://{netloc}:{port}/"), {}, None, True, 1024)
+    try:
+        await client.request(request, seconds=1, scope=current_scope())
+    finally:
+        client.close()
 
 
 def _resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
@@ -211,45 +215,44 @@ REFUSED_TARGETS = [
 
 
 @pytest.mark.parametrize("host", REFUSED_TARGETS)
-async def test_guarded_connector_opens_no_socket_for_a_refused_address(host: str) -> None:
-    connector = CountingConnector(
-        resolve=_resolver(
-            {
-                "meta.test": ["169.254.169.254"],
-                "private.test": ["10.0.0.7"],
-                "rebind.test": ["127.0.0.1", "::1"],
-            }
-        ),
+async def test_the_wire_opens_no_socket_for_a_refused_address(
+    host: str, opener: CountingOpener
+) -> None:
+    resolve = _resolver(
+        {
+            "meta.test": ["169.254.169.254"],
+            "private.test": ["10.0.0.7"],
+            "rebind.test": ["127.0.0.1", "::1"],
+        }
     )
     token = enter_scope(EgressScope(key="api:x", origin=("registry.example.com", 443)))
     try:
-        with pytest.raises(aiohttp.ClientConnectorError) as caught:
-            await _connect(connector, host, 80)
+        with pytest.raises(EgressRefusedError) as caught:
+            await _connect(host, 80, resolve)
     finally:
         leave_scope(token)
-    assert isinstance(caught.value.os_error, EgressRefusedError)
-    assert EGRESS_REFUSED in str(caught.value.os_error)
-    assert connector.connects == []
+    assert EGRESS_REFUSED in str(caught.value)
+    assert opener.connects == []
 
 
-async def test_guarded_connector_connects_to_the_checked_public_address_only() -> None:
-    connector = CountingConnector(resolve=_resolver({"mixed.test": ["10.0.0.5", "93.184.216.34"]}))
+async def test_the_wire_connects_to_the_checked_public_address_only(
+    opener: CountingOpener,
+) -> None:
+    resolve = _resolver({"mixed.test": ["10.0.0.5", "93.184.216.34"]})
     token = enter_scope(EgressScope(key="api:x"))
     try:
-        with pytest.raises(aiohttp.ClientConnectorError) as caught:
-            await _connect(connector, "mixed.test", 443)
+        with pytest.raises(wire.ConnectFailed) as caught:
+            await _connect("mixed.test", 443, resolve)
     finally:
         leave_scope(token)
-    assert "counting connector" in str(caught.value.os_error)
-    assert connector.connects == [("93.184.216.34", 443)]
+    assert "counting opener" in str(caught.value.os_error)
+    assert opener.connects == [("93.184.216.34", 443)]
 
 
-async def test_outside_any_operation_the_strict_scope_applies() -> None:
-    connector = CountingConnector()
-    with pytest.raises(aiohttp.ClientConnectorError) as caught:
-        await _connect(connector, "127.0.0.1", 80)
-    assert isinstance(caught.value.os_error, EgressRefusedError)
-    assert connector.connects == []
+async def test_outside_any_operation_the_strict_scope_applies(opener: CountingOpener) -> None:
+    with pytest.raises(EgressRefusedError):
+        await _connect("127.0.0.1", 80)
+    assert opener.connects == []
 
 
 # --------------------------------------------------------------------------- the realm rule's port
@@ -307,16 +310,14 @@ async def test_a_ping_in_flight_during_a_url_change_is_not_stored_for_the_new_ur
 
 async def test_connection_pools_are_one_per_upstream_and_bounded() -> None:
     client = UpstreamClient(connect_timeout=1, request_timeout=1, max_pools=2)
-    first = client.session_for(EgressScope(key="api:a", max_connections=3))
-    assert first.connector is not None
-    assert first.connector.limit == 3  # settings.max_connections_per_upstream
-    client.session_for(EgressScope(key="api:b"))
-    client.session_for(EgressScope(key="api:c"))
-    assert client.session_for(EgressScope(key="api:b")) is not first
-    assert list(client._sessions) == ["api:c", "api:b"], "the least recently used idle pool went"
+    first = client.wire.pool_for(EgressScope(key="api:a", max_connections=3))
+    assert first.scope.max_connections == 3  # settings.max_connections_per_upstream
+    client.wire.pool_for(EgressScope(key="api:b"))
+    client.wire.pool_for(EgressScope(key="api:c"))
+    assert client.wire.pool_for(EgressScope(key="api:b")) is not first
+    assert list(client.wire.pools) == ["api:c", "api:b"], "the least recently used idle pool went"
     await client.aclose()
-    await asyncio.sleep(0)  # the dropped pool's close, started in the background
-    assert first.closed
+    assert not client.wire.pools
 
 
 def test_a_stored_document_without_source_reads_fail_closed() -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 import httpx
 import pytest
 
@@ -19,7 +17,6 @@ from vregistry_server.oci.ping import discovery_from_challenges
 from vregistry_server.oci.realm_policy import (
     AddressClass,
     AddressGuard,
-    GuardedConnector,
     RealmRefused,
     classify,
     host_allowed,
@@ -131,26 +128,15 @@ async def test_address_rule_after_dns_resolution(
             await guard.admit(upstream, realm)
 
 
-async def test_client_sessions_use_the_guarded_connector() -> None:
-    # One pool per upstream (oci/http.py UpstreamClient), each on the guarded connector,
-    # none with a cookie jar or anything from the environment.
+async def test_every_upstream_has_its_own_pool() -> None:
+    # One pool per upstream (oci/http.py UpstreamClient, oci/wire.py Pool), every new
+    # connection of each judged by guarded_addresses (tests/unit/test_egress_rules.py);
+    # the wire has no cookie jar and reads nothing from the environment.
     async with make_client(connect_timeout=1, request_timeout=1) as client:
-        for key in ("operator:a", "api:b"):
-            session = client.session_for(EgressScope(key=key))
-            assert isinstance(session.connector, GuardedConnector)
-            assert isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
-            assert session.trust_env is False
-        assert client.session_for(EgressScope(key="api:b")) is not client.session_for(
-            EgressScope(key="operator:a")
-        )
-
-
-def test_the_private_method_overridden_exists() -> None:
-    # GuardedConnector replaces TCPConnector._resolve_host (aiohttp is pinned): the one
-    # place aiohttp asks for the addresses of every connection, IP literals included.
-    base = inspect.signature(aiohttp.TCPConnector._resolve_host)
-    assert list(base.parameters) == ["self", "host", "port", "traces"]
-    assert GuardedConnector._resolve_host is not aiohttp.TCPConnector._resolve_host
+        operator = client.wire.pool_for(EgressScope(key="operator:a"))
+        api = client.wire.pool_for(EgressScope(key="api:b"))
+        assert operator is not api
+        assert client.wire.pool_for(EgressScope(key="operator:a")) is operator
 
 
 def test_plain_http_realm_refused_for_https_upstream() -> None:

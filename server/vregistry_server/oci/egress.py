@@ -3,7 +3,7 @@
 Every connection the service opens (the discovery ping and its redirects, the
 token realm and its redirects, probes and their redirects, TestUpstream) runs
 under an ``EgressScope`` and is checked in the connection itself
-(realm_policy.GuardedConnector, via guarded_addresses), against the address actually
+(oci/wire.py, via realm_policy.guarded_addresses), against the address actually
 connected to after DNS, so neither a redirect nor DNS rebinding slips past.
 
 Who wrote the URL decides what it may reach:

@@ -1,17 +1,16 @@
 """The HTTP plumbing every upstream call shares.
 
-One long-lived client (aiohttp) with one connection pool per upstream (connection
-reuse matters on the hot path; a slow upstream fills only its own), every connection
-checked by the egress policy (oci/egress.py, realm_policy.GuardedConnector), bodies
-read with a cap, redirects followed by hand so that ``Authorization`` and a form body
-never travel to another host, at most ``max_in_flight_per_upstream`` exchanges per
-upstream, a hard deadline on each, and a time budget that respects both the configured
-timeout and the caller's gRPC deadline.
+One long-lived client with one connection pool per upstream (connection reuse matters on
+the hot path; a slow upstream fills only its own), every connection checked by the
+egress policy before its socket is opened, bodies read with a cap, redirects followed by
+hand so that ``Authorization`` and a form body never travel to another host, at most
+``max_in_flight_per_upstream`` exchanges per upstream, a hard deadline on each, and a
+time budget that respects both the configured timeout and the caller's gRPC deadline.
 
-aiohttp rather than httpx (the design's first choice): a HEAD on a pooled connection
-costs about a fifth of the CPU (benchmarks/RESULTS.md, issue 11, HTTP clients), and
-the cold ResolveUpstream is three of them. httpx.URL is still the URL type callers
-pass around; only the wire moved.
+The wire itself is oci/wire.py (asyncio transports and llhttp): aiohttp and httpx
+before it cost several times its CPU per request (benchmarks/RESULTS.md, issue 11,
+"HTTP clients" and "A leaner wire"). httpx.URL is still the URL type callers pass
+around; only the wire moved.
 """
 
 from __future__ import annotations
@@ -21,12 +20,10 @@ import functools
 import ssl
 import time
 import weakref
-from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import certifi
 import httpx
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -45,11 +42,16 @@ from vregistry_server.oci.egress import (
     enter_scope,
     literal_addresses,
 )
-from vregistry_server.oci.realm_policy import (
-    EgressRefusedError,
-    GuardedConnector,
-    Resolve,
-    system_resolve,
+from vregistry_server.oci.realm_policy import EgressRefusedError, Resolve, system_resolve
+from vregistry_server.oci.wire import (
+    KEEPALIVE_SECONDS,
+    USER_AGENT,
+    ConnectFailed,
+    Headers,
+    Reply,
+    Request,
+    Wire,
+    WireError,
 )
 
 MAX_BODY_BYTES = 64 * 1024
@@ -57,22 +59,9 @@ MAX_REDIRECTS = 3
 DEADLINE_MARGIN_SECONDS = 0.05
 MAX_ABANDONED_EXCHANGES = 2000
 MAX_POOLS = 1024
-USER_AGENT = "vregistry/0.1 (+https://github.com/vregistry/vregistry)"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Idle pooled connections are closed after this long (httpx's default was 5 s).
-KEEPALIVE_SECONDS = 5.0
 
-Headers = CIMultiDictProxy[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One response as the wire gives it: ``body`` None when it was larger than the cap
-    (the rest is never read, and the connection is dropped)."""
-
-    status: int
-    headers: Headers
-    body: bytes | None
+__all__ = ["KEEPALIVE_SECONDS", "USER_AGENT", "Headers", "Reply"]
 
 
 class HttpClient(Protocol):
@@ -87,7 +76,7 @@ class HttpClient(Protocol):
         *,
         headers: dict[str, str],
         data: dict[str, str] | None,
-        http_timeout: aiohttp.ClientTimeout,
+        seconds: float,
         scope: EgressScope,
         read_body: bool,
         limit: int,
@@ -112,16 +101,13 @@ def tls_context() -> ssl.SSLContext:
 
 
 class UpstreamClient:
-    """One aiohttp session, and so one connection pool, per upstream (the key of the
-    request's egress scope).
+    """One connection pool per upstream (the key of the request's egress scope).
 
     A tarpit upstream then fills only its own pool, and a connection opened under one
     upstream's egress rule is never reused by another upstream whose rule is stricter
-    (an API upstream on the same origin as an operator one). Every session: no cookie
-    jar (one client serves every caller, so an upstream's Set-Cookie is neither kept nor
-    sent back), nothing from the environment (trust_env=False: no proxy or .netrc can
-    inject credentials), redirects never followed by aiohttp (``send`` does it).
-    Sessions are made on first use, inside the event loop, as aiohttp wants.
+    (an API upstream on the same origin as an operator one). No cookie is kept or sent
+    (one client serves every caller), nothing comes from the environment (no proxy or
+    .netrc can inject credentials), and no redirect is followed here (``send`` does it).
     """
 
     def __init__(
@@ -134,51 +120,9 @@ class UpstreamClient:
     ) -> None:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
-        self._max_pools = max_pools
-        self._resolve = resolve
-        self._sessions: OrderedDict[str, aiohttp.ClientSession] = OrderedDict()
-        self._busy: Counter[str] = Counter()
-        self._closing: set[asyncio.Future[None]] = set()
-        self._tls = tls_context()
-
-    def session_for(self, scope: EgressScope) -> aiohttp.ClientSession:
-        session = self._sessions.get(scope.key)
-        if session is None:
-            session = self._sessions[scope.key] = self._new_session(scope)
-            self._drop_idle_sessions()
-        else:
-            self._sessions.move_to_end(scope.key)
-        return session
-
-    def _new_session(self, scope: EgressScope) -> aiohttp.ClientSession:
-        connector = GuardedConnector(
-            resolve=self._resolve,
-            limit=scope.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=KEEPALIVE_SECONDS,
-            ssl=self._tls,
+        self.wire = Wire(
+            connect_timeout=connect_timeout, tls=tls_context(), max_pools=max_pools, resolve=resolve
         )
-        return aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT},
-            timeout=aiohttp.ClientTimeout(
-                total=self.request_timeout, sock_connect=self.connect_timeout
-            ),
-        )
-
-    def _drop_idle_sessions(self) -> None:
-        # Least recently used first: pools of upstreams gone (or of TestUpstream's unsaved
-        # ones) with no request in flight; their idle connections are closed in the background.
-        for key in list(self._sessions)[: max(len(self._sessions) - self._max_pools, 0)]:
-            if self._busy[key]:
-                continue
-            session = self._sessions.pop(key)
-            del self._busy[key]
-            closing = asyncio.ensure_future(session.close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
 
     async def fetch(
         self,
@@ -187,7 +131,7 @@ class UpstreamClient:
         *,
         headers: dict[str, str],
         data: dict[str, str] | None,
-        http_timeout: aiohttp.ClientTimeout,
+        seconds: float,
         scope: EgressScope,
         read_body: bool,
         limit: int,
@@ -195,41 +139,19 @@ class UpstreamClient:
         """One request, no redirect followed. A HEAD's response or a body read to its end
         gives the connection back to the pool; a body left unread (or cut at the cap)
         closes it."""
-        session = self.session_for(scope)
-        self._busy[scope.key] += 1
-        try:
-            async with session.request(
-                method, url, headers=headers, data=data, timeout=http_timeout, allow_redirects=False
-            ) as response:
-                body = await _read_capped(response, limit) if read_body else b""
-                if body is None:
-                    response.close()
-                return Reply(response.status, response.headers, body)
-        finally:
-            self._busy[scope.key] -= 1
+        request = Request(method, url, headers, data, read_body, limit)
+        return await self.wire.request(
+            request, seconds=min(seconds, self.request_timeout), scope=scope
+        )
 
     async def aclose(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), OrderedDict()
-        for session in sessions:
-            await session.close()
+        self.wire.close()
 
     async def __aenter__(self) -> UpstreamClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes ``limit`` bytes (the rest is never read)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def make_headers(items: Any = ()) -> Headers:
@@ -288,22 +210,23 @@ def _origin(url: object) -> str:
 
 def describe_transport_error(exc: BaseException, url: object) -> str:
     origin = _origin(url)
-    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+    if isinstance(exc, TimeoutError):
         return f"timed out talking to {origin}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return f"cannot connect to {origin}"
+    if isinstance(exc, WireError):
+        return f"connection to {origin} failed ({exc})"
     return f"connection to {origin} failed ({type(exc).__name__})"
 
 
 def transport_error(
-    exc: aiohttp.ClientError | TimeoutError, url: object
+    exc: WireError | OSError | TimeoutError, url: object
 ) -> EgressRefused | UpstreamUnreachable:
     """The error a connection failure or a timeout is reported as (an except clause in
     ``_exchange``, not a context manager: one generator less per request)."""
-    refused = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else None
-    if isinstance(refused, EgressRefusedError):
-        # The guarded connector refused before opening a socket: nothing was sent.
-        return EgressRefused(f"{refused}; nothing was sent")
+    if isinstance(exc, EgressRefusedError):
+        # The egress rule refused before a socket was opened: nothing was sent.
+        return EgressRefused(f"{exc}; nothing was sent")
     return UpstreamUnreachable(describe_transport_error(exc, url))
 
 
@@ -446,11 +369,6 @@ def _start_exchange(
     remaining = budget.remaining()
     if remaining <= 0:
         raise UpstreamUnreachable(f"timed out before contacting {_origin(url)}")
-    # The whole exchange (pool wait, connect, response, body) within the budget; the
-    # socket's connect within the configured connect timeout as well.
-    timeout = aiohttp.ClientTimeout(
-        total=remaining, sock_connect=min(remaining, client.connect_timeout)
-    )
     target = URL(str(url))
     if params:
         target = target.extend_query(params)
@@ -459,7 +377,7 @@ def _start_exchange(
             client,
             method,
             target,
-            http_timeout=timeout,
+            seconds=remaining,
             headers=dict(headers or {}),
             data=data,
             read_body=read_body,
@@ -480,7 +398,7 @@ def _bound(
     """Hold the upstream's slot until the exchange ends, end it by the hard deadline, and
     hand its outcome to ``waiter`` if the caller still waits (None: it was cut off).
 
-    The cap is a cancellation of the exchange's own task: aiohttp closes the connection
+    The cap is a cancellation of the exchange's own task: the wire closes the connection
     of a response whose reading is cancelled (a trickling tarpit is cut off here).
     """
     cap = asyncio.get_running_loop().call_later(scope.hard_deadline_seconds, exchange.cancel)
@@ -526,7 +444,7 @@ async def _exchange(
     method: str,
     current: URL,
     *,
-    http_timeout: aiohttp.ClientTimeout,
+    seconds: float,
     headers: dict[str, str],
     data: dict[str, str] | None,
     read_body: bool,
@@ -547,7 +465,7 @@ async def _exchange(
                 current,
                 headers=headers,
                 data=data,
-                http_timeout=http_timeout,
+                seconds=seconds,
                 scope=scope,
                 read_body=read_body,
                 limit=MAX_BODY_BYTES,
@@ -574,7 +492,7 @@ async def _exchange(
                     )
                 body = b""
             return Response(reply.status, reply.headers, body, current)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (WireError, EgressRefusedError, TimeoutError) as exc:
         raise transport_error(exc, original) from None
     raise UpstreamProtocolError(f"more than {MAX_REDIRECTS} redirects from {_origin(current)}")
 
@@ -589,7 +507,7 @@ def _literal(host: str) -> tuple[str, ...] | None:
 async def _check_literal(scope: EgressScope, url: URL) -> None:
     """An IP-literal host is judged before the pool is asked: a pooled connection is
     never reused for an address the scope refuses (new connections are judged in
-    GuardedConnector, names and literals alike)."""
+    the wire, names and literals alike)."""
     host = url.raw_host or ""
     literal = _literal(host)
     if literal is None:

@@ -14,7 +14,7 @@ proxy. Three rules, after ggcr, distribution's proxy and regclient:
    allowed to be (checked in ping.py; redirects never downgrade, see http.py).
 3. Address: the egress policy (oci/egress.py) of the upstream, checked here
    before the first byte (``AddressGuard.admit``) and again in every connection
-   (``GuardedConnector``), so a name that resolves differently the second
+   (``guarded_addresses``, from oci/wire.py), so a name that resolves differently the second
    time (DNS rebinding) still cannot reach a refused address.
 """
 
@@ -24,13 +24,9 @@ import asyncio
 import contextvars
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
-import aiohttp
 import httpx
-from aiohttp.abc import ResolveResult
-from aiohttp.tracing import Trace
 from publicsuffixlist import PublicSuffixList
 
 from vregistry_server.errors import RealmRefused
@@ -240,8 +236,7 @@ def lift_restriction(token: contextvars.Token[EgressScope]) -> None:
 class EgressRefusedError(OSError):
     """A connection the egress policy refused before any socket was opened.
 
-    An OSError, so that aiohttp reports it as the connection's failure
-    (ClientConnectorError, its ``os_error``); oci/http.py turns it into EgressRefused.
+    An OSError, as a refused connection is; oci/http.py turns it into EgressRefused.
     """
 
 
@@ -258,34 +253,3 @@ async def guarded_addresses(host: str, port: int, resolve: Resolve = system_reso
     if not permitted:
         raise EgressRefusedError(scope.refusal(host, port, addresses, classes) or EGRESS_REFUSED)
     return permitted
-
-
-class GuardedConnector(aiohttp.TCPConnector):
-    """aiohttp's connector, whose every new connection obeys the egress policy.
-
-    aiohttp asks ``_resolve_host`` for the addresses of each connection it opens, IP
-    literals included, and connects only to what it returns: here, the addresses the
-    current scope permits (guarded_addresses). Refused: no socket is opened. No DNS
-    cache, so every connection is judged on a fresh answer. aiohttp is pinned, and
-    tests/unit/test_egress_rules.py checks that this override is what connects.
-    """
-
-    def __init__(self, *, resolve: Resolve = system_resolve, **kwargs: Any) -> None:
-        super().__init__(use_dns_cache=False, **kwargs)
-        self._resolve_addresses = resolve
-
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Trace] | None = None
-    ) -> list[ResolveResult]:
-        addresses = await guarded_addresses(host, port, self._resolve_addresses)
-        return [
-            {
-                "hostname": host,
-                "host": address,
-                "port": port,
-                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            }
-            for address in addresses
-        ]

@@ -1,0 +1,302 @@
+"""The upstream wire (oci/wire.py) against real sockets on 127.0.0.1.
+
+A real docker-registry for the ordinary exchanges; for the shapes of HTTP/1.1 a registry
+does not happen to send (a chunked or connection-delimited body, gzip nobody asked for, a
+connection closed while pooled, a garbled status line), a socket server in this file that
+writes exactly those bytes: real TCP, real parsing, no mock of the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from yarl import URL
+
+from tests.support.certs import make_pki
+from tests.support.processes import LOCALHOST
+from tests.support.registry import RegistryServer
+from vregistry_server.oci import http, wire
+from vregistry_server.oci.egress import AddressClass, EgressScope, enter_scope, leave_scope
+
+LOOPBACK = frozenset({AddressClass.LOOPBACK})
+LOOPBACK_SCOPE = EgressScope(key="test:wire", elsewhere_classes=LOOPBACK)
+Conversation = Callable[[socket.socket], None]
+
+
+class SocketServer:
+    """Accepts on 127.0.0.1 and hands every connection to ``conversation`` on its own
+    thread; counts connections. Bounded: each conversation reads with a timeout."""
+
+    def __init__(self, conversation: Conversation, tls: ssl.SSLContext | None = None) -> None:
+        self._sock = socket.create_server((LOCALHOST, 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://{LOCALHOST}:{self.port}"
+        self.connections = 0
+        self._conversation = conversation
+        self._tls = tls
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            self._conversation(conn)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+
+
+def read_request(conn: socket.socket) -> bytes | None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def answering(*responses: bytes, then_close: bool = False) -> Conversation:
+    """Answer each request on a connection with the next of ``responses`` (the last one
+    again once they run out), closing after the last if ``then_close``."""
+
+    def conversation(conn: socket.socket) -> None:
+        sent = 0
+        while read_request(conn) is not None:
+            conn.sendall(responses[min(sent, len(responses) - 1)])
+            sent += 1
+            if then_close and sent >= len(responses):
+                return
+
+    return conversation
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., SocketServer]]:
+    servers: list[SocketServer] = []
+
+    def start(conversation: Conversation, tls: ssl.SSLContext | None = None) -> SocketServer:
+        servers.append(SocketServer(conversation, tls))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def client() -> Iterator[wire.Wire]:
+    token = enter_scope(LOOPBACK_SCOPE)
+    made = wire.Wire(connect_timeout=2, tls=http.tls_context(), max_pools=8)
+    yield made
+    made.close()
+    leave_scope(token)
+
+
+async def get(
+    client: wire.Wire,
+    url: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    limit: int = 1024,
+    read_body: bool = True,
+    scope: EgressScope = LOOPBACK_SCOPE,
+) -> wire.Reply:
+    request = wire.Request(method, URL(url), headers or {}, None, read_body, limit)
+    return await client.request(request, seconds=3, scope=scope)
+
+
+def response(status: str, body: bytes = b"", *headers: str) -> bytes:
+    head = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_a_real_registry_is_asked_over_one_kept_connection(
+    client: wire.Wire, open_registry: RegistryServer
+) -> None:
+    for method in ("HEAD", "GET", "HEAD", "GET"):
+        reply = await get(client, f"{open_registry.url}/v2/", method=method)
+        assert reply.status == 200
+        assert reply.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+        assert reply.body == (b"" if method == "HEAD" else b"{}")
+    missing = await get(client, f"{open_registry.url}/v2/library/nothing/manifests/latest")
+    assert missing.status == 404 and missing.body and b"MANIFEST_UNKNOWN" in missing.body
+    assert client.pool_for(LOOPBACK_SCOPE).open_count == 1
+
+
+async def test_body_framings_chunked_and_connection_delimited(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    chunked = serve(
+        answering(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+    )
+    assert (await get(client, chunked.url)).body == b"hello world"
+    assert (await get(client, chunked.url)).body == b"hello world"
+    assert chunked.connections == 1, "a chunked response leaves the connection reusable"
+    until_close = serve(answering(b"HTTP/1.0 200 OK\r\n\r\nall of it", then_close=True))
+    assert (await get(client, until_close.url)).body == b"all of it"
+
+
+async def test_connection_close_is_obeyed(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    server = serve(answering(response("200 OK", b"x", "Connection: close"), then_close=True))
+    for _ in range(3):
+        assert (await get(client, server.url)).body == b"x"
+    assert server.connections == 3
+
+
+async def test_gzip_is_undone_and_a_bomb_stops_at_the_cap(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    small = serve(
+        answering(response("200 OK", gzip.compress(b'{"token":"t"}'), "Content-Encoding: gzip"))
+    )
+    assert (await get(client, small.url)).body == b'{"token":"t"}'
+    bomb = serve(
+        answering(response("200 OK", gzip.compress(b"0" * 5_000_000), "Content-Encoding: gzip"))
+    )
+    assert (await get(client, bomb.url, limit=64 * 1024)).body is None
+    odd = serve(answering(response("200 OK", b"abc", "Content-Encoding: br")))
+    with pytest.raises(wire.BadResponse, match="Content-Encoding"):
+        await get(client, odd.url)
+
+
+async def test_an_oversized_body_is_not_read_and_its_connection_goes(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    server = serve(answering(response("200 OK", b"y" * 10_000)))
+    assert (await get(client, server.url, limit=1000)).body is None
+    assert (await get(client, server.url, limit=20_000)).body == b"y" * 10_000
+    assert server.connections == 2
+    # Only the status wanted: the body is never read, the connection is not kept.
+    assert (await get(client, server.url, read_body=False)).status == 200
+    assert client.pool_for(LOOPBACK_SCOPE).open_count == 0
+
+
+async def test_a_line_break_in_a_header_is_never_sent(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    server = serve(answering(response("200 OK")))
+    with pytest.raises(wire.BadResponse, match="line break"):
+        await get(client, server.url, headers={"Authorization": "Bearer t\r\nX-Injected: 1"})
+    await asyncio.sleep(0.3)
+    assert server.connections == 0
+
+
+async def test_garbage_is_a_protocol_error_and_huge_headers_are_refused(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    garbage = serve(answering(b"SMTP ready\r\n\r\n"))
+    with pytest.raises(wire.BadResponse, match="malformed"):
+        await get(client, garbage.url)
+    huge = serve(answering(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\n\r\n"))
+    with pytest.raises(wire.BadResponse, match="headers larger"):
+        await get(client, huge.url)
+    interim = serve(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + response("200 OK")))
+    with pytest.raises(wire.BadResponse, match="interim"):
+        await get(client, interim.url)
+
+
+async def test_a_pooled_connection_the_upstream_closed_is_replaced_once(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    # One response per connection, then the server closes it while it sits in our pool.
+    server = serve(answering(response("200 OK", b"ok"), then_close=True))
+    assert (await get(client, server.url)).body == b"ok"
+    await asyncio.sleep(0.2)  # the close arrives: the pool drops the connection
+    assert (await get(client, server.url)).body == b"ok"
+    assert server.connections == 2
+    # A connection dropped with no response at all, when it was new: an error, not a retry.
+    silent = serve(lambda conn: None)
+    with pytest.raises(wire.ConnectionDropped):
+        await get(client, silent.url)
+    assert silent.connections == 1
+
+
+async def test_the_pool_limit_queues_and_a_cancelled_exchange_frees_its_connection(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    release = threading.Event()
+
+    def slow(conn: socket.socket) -> None:
+        while read_request(conn) is not None:
+            release.wait(5)
+            conn.sendall(response("200 OK", b"slow"))
+
+    server = serve(slow)
+    scope = EgressScope(key="test:one", elsewhere_classes=LOOPBACK, max_connections=1)
+    first = asyncio.ensure_future(get(client, server.url, scope=scope))
+    second = asyncio.ensure_future(get(client, server.url, scope=scope))
+    await asyncio.sleep(0.3)
+    assert server.connections == 1, "the second waits for the only connection"
+    first.cancel()
+    await asyncio.sleep(0.1)
+    release.set()
+    assert (await second).body == b"slow"
+    pool = client.pool_for(scope)
+    assert pool.in_use == 0 and pool.open_count <= 1
+    assert server.connections == 2, "the cancelled exchange's connection was closed, not reused"
+
+
+async def test_idle_connections_are_closed_after_the_keepalive(
+    client: wire.Wire, serve: Callable[..., SocketServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "KEEPALIVE_SECONDS", 0.2)
+    server = serve(answering(response("200 OK")))
+    await get(client, server.url)
+    pool = client.pool_for(LOOPBACK_SCOPE)
+    assert pool.open_count == 1
+    await asyncio.sleep(0.5)
+    assert pool.open_count == 0
+
+
+async def test_tls_is_verified_against_the_trusted_cas(
+    serve: Callable[..., SocketServer], tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pki.server.cert_path, pki.server.key_path)
+    server = serve(answering(response("200 OK", b"secure")), tls=server_tls)
+    trusting = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+    token = enter_scope(LOOPBACK_SCOPE)
+    good = wire.Wire(connect_timeout=2, tls=trusting, max_pools=2)
+    stranger = wire.Wire(connect_timeout=2, tls=http.tls_context(), max_pools=2)
+    try:
+        assert (await get(good, f"https://localhost:{server.port}/")).body == b"secure"
+        with pytest.raises(wire.ConnectFailed):
+            await get(stranger, f"https://localhost:{server.port}/")
+    finally:
+        good.close()
+        stranger.close()
+        leave_scope(token)
