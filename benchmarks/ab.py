@@ -11,7 +11,7 @@ shared VM the same code moves by tens of percent between rounds at saturation, s
 many-round medians, and prefer ``--rps`` (a fixed offered rate) for small differences.
 
     .venv/bin/python -m benchmarks.ab --scenario hot --rounds 12 --calls 4000 \\
-        --variant now=- --variant before=/tmp/before [--rps 1500]
+        --variant now=- --variant before=/tmp/before [--variant uv=-@uvloop] [--rps 1500]
 
 Results: the medians on stdout, every round in ``benchmarks/out/ab-<scenario>-<time>.json``.
 """
@@ -54,8 +54,9 @@ SCENARIOS: dict[str, tuple[str, Any, int]] = {
 def _servers(args: argparse.Namespace, config: Path, logs: Path) -> dict[str, ServerProcess]:
     servers: dict[str, ServerProcess] = {}
     for spec in args.variant:
-        name, _, directory = spec.partition("=")
-        server = service_process(config, logs, name=f"ab-{name}")
+        name, _, target = spec.partition("=")
+        directory, _, loop = target.partition("@")
+        server = service_process(config, logs, name=f"ab-{name}", loop=loop or "asyncio")
         if directory not in ("", "-"):
             server.env["PYTHONPATH"] = str(Path(directory).resolve())
         servers[name] = server.start()
@@ -80,7 +81,10 @@ def _round(server: ServerProcess, args: argparse.Namespace, out: Path) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="hot")
-    parser.add_argument("--variant", action="append", required=True, help="NAME=DIR, or NAME=-")
+    parser.add_argument(
+        "--variant", action="append", required=True,
+        help="NAME=DIR or NAME=- (the installed tree), optionally @uvloop: NAME=-@uvloop",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--calls", type=int, default=4000, help="measured calls per round")
     parser.add_argument("--rps", type=float, default=None, help="a fixed offered rate")

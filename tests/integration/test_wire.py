@@ -300,3 +300,20 @@ async def test_tls_is_verified_against_the_trusted_cas(
         good.close()
         stranger.close()
         leave_scope(token)
+
+
+async def test_no_response_in_time_is_a_timeout_and_the_connection_goes(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    stop = threading.Event()
+
+    def mute(conn: socket.socket) -> None:
+        read_request(conn)
+        stop.wait(5)  # never answers
+
+    server = serve(mute)
+    request = wire.Request("GET", URL(server.url), {}, None, True, 1024)
+    with pytest.raises(TimeoutError):
+        await client.request(request, seconds=0.3, scope=LOOPBACK_SCOPE)
+    stop.set()
+    assert client.pool_for(LOOPBACK_SCOPE).open_count == 0

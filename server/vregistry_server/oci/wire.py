@@ -199,7 +199,11 @@ class _Connection(asyncio.Protocol):
 
     # -- one exchange
 
-    async def exchange(self, request: Request, head_bytes: bytes, body: bytes) -> Reply:
+    async def exchange(
+        self, request: Request, head_bytes: bytes, body: bytes, deadline: float
+    ) -> Reply:
+        """Send the request and wait for its response until ``deadline`` (loop time): one
+        timer on the response's future, not an asyncio.timeout around the whole call."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
@@ -219,6 +223,7 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines((head_bytes, body))
         else:
             self.transport.write(head_bytes)
+        timer = loop.call_at(deadline, self._time_out)
         try:
             reply: Reply = await waiter
             return reply
@@ -226,7 +231,11 @@ class _Connection(asyncio.Protocol):
             self.close()  # cancelled or failed mid-exchange: the connection's state is unknown
             raise
         finally:
+            timer.cancel()
             self._waiter = None
+
+    def _time_out(self) -> None:
+        self._fail(TimeoutError("no complete response in time"))
 
     @property
     def dropped_before_reply(self) -> bool:
@@ -251,7 +260,7 @@ class _Connection(asyncio.Protocol):
                 return
         waiter.set_result(Reply(self._status, headers, body))
 
-    def _fail(self, error: WireError) -> None:
+    def _fail(self, error: WireError | TimeoutError) -> None:
         waiter = self._waiter
         self._parser = None
         self.close()
@@ -329,7 +338,16 @@ class Pool:
         idle = sum(len(c) for c in self._idle.values())
         return len(self._open) - idle
 
-    async def acquire(self, origin: tuple[str, str, int]) -> _Connection:
+    async def acquire(self, origin: tuple[str, str, int], deadline: float) -> _Connection:
+        """An idle connection at once, else a new one or the next one freed, by ``deadline``
+        (loop time; only these slow paths arm a timer)."""
+        connection = self._take_idle(origin)
+        if connection is not None:
+            return connection
+        async with asyncio.timeout_at(deadline):
+            return await self._acquire_slowly(origin)
+
+    async def _acquire_slowly(self, origin: tuple[str, str, int]) -> _Connection:
         while True:
             connection = self._take_idle(origin)
             if connection is not None:
@@ -493,21 +511,26 @@ class Wire:
         url = request.url
         origin = (url.scheme, url.raw_host or "", url.port or default_port(url.scheme))
         head, body = serialise(request)
+        deadline = asyncio.get_running_loop().time() + seconds
         pool.busy += 1
         try:
-            async with asyncio.timeout(seconds):
-                return await self._send_on_pool(pool, origin, request, head, body)
+            return await self._send_on_pool(pool, origin, request, (head, body), deadline)
         finally:
             pool.busy -= 1
 
     async def _send_on_pool(
-        self, pool: Pool, origin: tuple[str, str, int], request: Request, head: bytes, body: bytes
+        self,
+        pool: Pool,
+        origin: tuple[str, str, int],
+        request: Request,
+        wire_bytes: tuple[bytes, bytes],
+        deadline: float,
     ) -> Reply:
         for attempt in (1, 2):
-            connection = await pool.acquire(origin)
+            connection = await pool.acquire(origin, deadline)
             reused = connection.used
             try:
-                reply = await connection.exchange(request, head, body)
+                reply = await connection.exchange(request, *wire_bytes, deadline)
             except ConnectionDropped:
                 # A pooled connection the upstream closed as we picked it: sent again once,
                 # on a new connection (nothing of a response had come back).
