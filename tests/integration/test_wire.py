@@ -3,20 +3,24 @@
 A real docker-registry for the ordinary exchanges; for the shapes of HTTP/1.1 a registry
 does not happen to send (a chunked or connection-delimited body, gzip nobody asked for, a
 connection closed while pooled, a garbled status line), a socket server in this file that
-writes exactly those bytes: real TCP, real parsing, no mock of the wire.
+writes exactly those bytes: real TCP, real parsing, no mock of the wire. Every test runs
+on asyncio's loop and again on uvloop's (``--loop uvloop``), whose transports are its own
+(``test_on_uvloop``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 from yarl import URL
 
 from tests.support.certs import make_pki
@@ -317,3 +321,53 @@ async def test_no_response_in_time_is_a_timeout_and_the_connection_goes(
         await client.request(request, seconds=0.3, scope=LOOPBACK_SCOPE)
     stop.set()
     assert client.pool_for(LOOPBACK_SCOPE).open_count == 0
+
+
+CASES: dict[str, Callable[..., Awaitable[None]]] = {
+    name: case
+    for name, case in list(globals().items())
+    if name.startswith("test_") and inspect.iscoroutinefunction(case)
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_on_uvloop(
+    name: str,
+    serve: Callable[..., SocketServer],
+    open_registry: RegistryServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same case on a uvloop loop, in a thread of its own (the session's asyncio loop
+    is left alone)."""
+    case = CASES[name]
+    available = {
+        "serve": serve,
+        "open_registry": open_registry,
+        "tmp_path": tmp_path,
+        "monkeypatch": monkeypatch,
+    }
+    outcome: list[BaseException] = []
+
+    async def run() -> None:
+        token = enter_scope(LOOPBACK_SCOPE)
+        made = wire.Wire(connect_timeout=2, tls=http.tls_context(), max_pools=8)
+        wanted = inspect.signature(case).parameters
+        try:
+            await case(**{k: made if k == "client" else available[k] for k in wanted})
+        finally:
+            made.close()
+            leave_scope(token)
+
+    def thread() -> None:
+        try:
+            uvloop.run(run())
+        except BaseException as exc:  # handed to the test's own thread
+            outcome.append(exc)
+
+    runner = threading.Thread(target=thread)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the case did not finish on uvloop"
+    if outcome:
+        raise outcome[0]

@@ -80,10 +80,12 @@ def run_server(tmp_path: Path) -> Iterator[object]:
         process.stop()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_serves_all_three_rpcs_and_stops_on_sigterm(
-    config_file: Path, run_server, token_server: TokenServer
+    config_file: Path, run_server, token_server: TokenServer, loop: str
 ) -> None:  # type: ignore[no-untyped-def]
-    server = run_server(["--config", str(config_file), "--log-level", "debug"])
+    # On both event loops (``--loop uvloop``: its transports carry the upstream wire too).
+    server = run_server(["--config", str(config_file), "--log-level", "debug", "--loop", loop])
     server.wait_serving()
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.UpstreamServiceStub(channel)
