@@ -15,7 +15,9 @@ import gzip
 import inspect
 import socket
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -321,6 +323,87 @@ async def test_no_response_in_time_is_a_timeout_and_the_connection_goes(
         await client.request(request, seconds=0.3, scope=LOOPBACK_SCOPE)
     stop.set()
     assert client.pool_for(LOOPBACK_SCOPE).open_count == 0
+
+
+async def test_an_endless_head_is_cut_at_the_header_limit_not_the_deadline(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    # httptools keeps a header (or trailer) line until its end: one never ended must not
+    # grow until the deadline (nor a status line, which llhttp does not keep but which
+    # never ends either).
+    stop = threading.Event()
+
+    def endless(start: bytes) -> Conversation:
+        def conversation(conn: socket.socket) -> None:
+            read_request(conn)
+            conn.sendall(start)
+            for _ in range(128):  # 8 MB at most: the client gives up long before
+                conn.sendall(b"p" * 65536)
+            stop.wait(5)
+
+        return conversation
+
+    trailer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: "
+    for start in (b"HTTP/1.1 200 OK\r\nX-Pad: ", b"HTTP/1.1 200 O", trailer):
+        server = serve(endless(start))
+        request = wire.Request("GET", URL(server.url), {}, None, True, 1024)
+        with pytest.raises(wire.BadResponse, match="headers larger"):
+            await client.request(request, seconds=30, scope=LOOPBACK_SCOPE)
+    stop.set()
+
+
+async def test_bytes_after_a_complete_response_retire_its_connection(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    pool = client.pool_for(LOOPBACK_SCOPE)
+    # The start of a second response nobody asked for, written with the first.
+    junk = serve(answering(response("200 OK", b"a") + b"HTTP/1.1 200 OK\r\nX-Smuggled: "))
+    assert (await get(client, junk.url)).body == b"a"
+    assert pool.open_count == 0, "a connection with unasked-for bytes is not kept"
+    # A HEAD answered with a body, and a 204 with one: bytes past the response's end.
+    for method, answer in (("HEAD", response("200 OK", b"hello")), ("GET", b"")):
+        answer = answer or b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello"
+        server = serve(answering(answer))
+        assert (await get(client, server.url, method=method)).body == b""
+        assert pool.open_count == 0, f"{method} answered with bytes past its end"
+
+
+async def test_a_reset_cuts_a_connection_delimited_body_short(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    def reset(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\npartial")
+        time.sleep(0.1)
+        # Linger 0: close() sends a RST, not a FIN; the body did not end, it was cut.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = serve(reset)
+    with pytest.raises(wire.ConnectionDropped):
+        await get(client, server.url)
+
+
+async def test_transfer_codings_other_than_chunked(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    # Not chunked last: the body runs to the connection's end (RFC 9112 6.3).
+    identity = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nto the end"
+    server = serve(answering(identity, then_close=True))
+    assert (await get(client, server.url)).body == b"to the end"
+    # A coding we never asked for and cannot undo: refused, not handed on encoded.
+    gzipped = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    server = serve(answering(gzipped))
+    with pytest.raises(wire.BadResponse, match="Transfer-Encoding"):
+        await get(client, server.url)
+
+
+async def test_a_truncated_gzip_body_is_refused(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    cut = gzip.compress(b"x" * 100)[:-10]
+    server = serve(answering(response("200 OK", cut, "Content-Encoding: gzip")))
+    with pytest.raises(wire.BadResponse, match="not valid gzip"):
+        await get(client, server.url)
 
 
 CASES: dict[str, Callable[..., Awaitable[None]]] = {

@@ -7,9 +7,10 @@ connection before its socket is opened (``realm_policy.guarded_addresses``: the
 addresses of the name the current scope permits, resolved once, and only those dialled).
 
 Why not aiohttp (the wire before this one) or httpx (the one before that): the cold
-ResolveUpstream sends three HEADs, and each cost ~250-400 µs of CPU in aiohttp's request
-machinery (sessions, traces, timers, stream readers, cookie and redirect handling that
-``send`` does not use) against ~60 µs here (benchmarks/RESULTS.md, "A leaner wire").
+ResolveUpstream sends three HEADs, and aiohttp's request machinery (sessions, traces,
+timers, stream readers, cookie and redirect handling that ``send`` does not use) made each
+cost 398 µs of CPU against 300 µs here, syscalls included, and a cold call 4.0 ms of
+server CPU against 3.4 ms (benchmarks/RESULTS.md, "A leaner wire").
 
 One pool per upstream (the egress scope's key), as before: a tarpit fills only its own,
 and a connection opened under one upstream's rule is never lent to another upstream.
@@ -118,6 +119,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._until_eof = False
         self._received = False
+        self._pending = 0  # bytes since a complete header line or body bytes (see data_received)
         self._keep = False
         self._status = 0
 
@@ -133,6 +135,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._received = True
+        self._pending += len(data)
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -144,6 +147,13 @@ class _Connection(asyncio.Protocol):
                 self._fail(cause)
             else:
                 self._fail(BadResponse(f"malformed response ({type(exc).__name__})"))
+            return
+        if self._parser is parser and self._pending > MAX_HEADER_BYTES:
+            # No header line completed and no body bytes in all that: httptools keeps a
+            # header or trailer line until it ends, and one that never ends must not grow
+            # until the deadline (on_header counts only complete lines). Bytes after a
+            # callback within one read are not counted: the bound is this plus one read.
+            self._fail(BadResponse(f"response headers larger than {MAX_HEADER_BYTES} bytes"))
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -153,7 +163,7 @@ class _Connection(asyncio.Protocol):
         self.pool.forget(self)
         if self._parser is None:
             return
-        if self._until_eof:  # a body delimited by the end of the connection
+        if self._until_eof and exc is None:  # a body delimited by the end of the connection
             self._finish(b"".join(self._body))
             return
         error = ConnectionDropped("the upstream closed the connection")
@@ -163,7 +173,12 @@ class _Connection(asyncio.Protocol):
 
     # -- llhttp callbacks
 
+    def on_message_begin(self) -> None:
+        if self._parser is None:  # a second response after ours, in the same bytes
+            raise BadResponse("bytes after the response")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._pending = 0
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise BadResponse(f"response headers larger than {MAX_HEADER_BYTES} bytes")
@@ -184,11 +199,15 @@ class _Connection(asyncio.Protocol):
             self._keep = False
             self._finish(b"")
             return
+        unknown = [c for c in _transfer_codings(self._headers) if c not in ("chunked", "identity")]
+        if unknown:  # never asked for (we send no TE): the body would reach the caller encoded
+            raise BadResponse(f"unsupported Transfer-Encoding {unknown[0]!r}")
         self._until_eof = not self._keep and not _delimited(self._headers)
 
     def on_body(self, body: bytes) -> None:
-        if self._waiter is None:
+        if self._parser is None:  # finished at its head (HEAD, 204, 304): a body is extra
             raise BadResponse("bytes after the response")
+        self._pending = 0
         self._body_size += len(body)
         if self._body_size > self._limit:
             raise _Oversized
@@ -218,6 +237,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._until_eof = False
         self._received = False
+        self._pending = 0  # bytes since a complete header line or body bytes (see data_received)
         self._keep = False
         self._status = 0
         if body:
@@ -281,11 +301,17 @@ class _Oversized(Exception):
 
 
 def _delimited(headers: Sequence[tuple[str, str]]) -> bool:
-    for name, _value in headers:
-        lowered = name.lower()
-        if lowered in ("content-length", "transfer-encoding"):
-            return True
-    return False
+    """Whether the body ends by itself (a Content-Length, or chunked as the last transfer
+    coding) rather than with the connection (RFC 9112 6.3, as llhttp reads it)."""
+    if any(name.lower() == "content-length" for name, _value in headers):
+        return True
+    codings = _transfer_codings(headers)
+    return bool(codings) and codings[-1] == "chunked"
+
+
+def _transfer_codings(headers: Sequence[tuple[str, str]]) -> list[str]:
+    values = (value for name, value in headers if name.lower() == "transfer-encoding")
+    return [c.strip().lower() for value in values for c in value.split(",") if c.strip()]
 
 
 def _decoded(headers: Headers, body: bytes, limit: int) -> bytes | None:
@@ -304,6 +330,8 @@ def _decoded(headers: Headers, body: bytes, limit: int) -> bytes | None:
         raise BadResponse(f"body is not valid {encoding}") from None
     if len(plain) > limit:
         return None  # a bomb stops at the cap like any oversized body
+    if not inflater.eof:  # cut short: what came is not the whole body
+        raise BadResponse(f"body is not valid {encoding} (it ends early)")
     return plain
 
 
