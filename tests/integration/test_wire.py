@@ -229,9 +229,38 @@ async def test_garbage_is_a_protocol_error_and_huge_headers_are_refused(
     huge = serve(answering(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\n\r\n"))
     with pytest.raises(wire.BadResponse, match="headers larger"):
         await get(client, huge.url)
-    interim = serve(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + response("200 OK")))
-    with pytest.raises(wire.BadResponse, match="interim"):
-        await get(client, interim.url)
+    switched = serve(answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"))
+    with pytest.raises(wire.BadResponse, match="switched protocols"):
+        await get(client, switched.url)
+
+
+async def test_interim_responses_are_read_past(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    # 100 Continue and 103 Early Hints before the final response (RFC 9110 15.2): their
+    # headers are not the response's, and the connection stays usable.
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    server = serve(
+        answering(b"HTTP/1.1 100 Continue\r\n\r\n" + early + response("200 OK", b"final"))
+    )
+    for _ in range(2):
+        reply = await get(client, server.url)
+        assert (reply.status, reply.body) == (200, b"final")
+        assert "Link" not in reply.headers
+    assert server.connections == 1
+
+
+async def test_a_closed_pool_keeps_nothing(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    server = serve(answering(response("200 OK", b"ok")))
+    pool = client.pool_for(LOOPBACK_SCOPE)
+    assert (await get(client, server.url)).body == b"ok"
+    pool.close()
+    assert pool.open_count == 0
+    connection = await pool.acquire((("http", LOCALHOST, server.port)), 1e12)
+    pool.release(connection)
+    assert pool.open_count == 0, "released into a closed pool: closed, not kept"
 
 
 async def test_a_pooled_connection_the_upstream_closed_is_replaced_once(

@@ -122,6 +122,7 @@ class _Connection(asyncio.Protocol):
         self._pending = 0  # bytes since a complete header line or body bytes (see data_received)
         self._keep = False
         self._status = 0
+        self._interim = False
 
     # -- asyncio.Protocol
 
@@ -189,7 +190,8 @@ class _Connection(asyncio.Protocol):
         assert parser is not None
         self._status = status = parser.get_status_code()
         if status < 200:
-            raise BadResponse(f"unexpected interim response {status}")
+            self._interim_response(status)
+            return
         self._keep = parser.should_keep_alive()
         if self._head or status in (204, 304):
             self._finish(b"")
@@ -214,8 +216,21 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:  # the final response follows on the same connection
+            self._interim = False
+            return
         if self._waiter is not None and not self._waiter.done():
             self._finish(b"".join(self._body))
+
+    def _interim_response(self, status: int) -> None:
+        """A 1xx before the final response (100 Continue, 103 Early Hints: RFC 9110
+        15.2 says a client must read past them): its headers are dropped. 101 would
+        switch protocols, which we never ask for."""
+        if status == 101:
+            raise BadResponse("the upstream switched protocols unasked (101)")
+        self._interim = True
+        self._headers = []
+        self._header_bytes = 0
 
     # -- one exchange
 
@@ -240,6 +255,7 @@ class _Connection(asyncio.Protocol):
         self._pending = 0  # bytes since a complete header line or body bytes (see data_received)
         self._keep = False
         self._status = 0
+        self._interim = False
         if body:
             self.transport.writelines((head_bytes, body))
         else:
@@ -357,6 +373,7 @@ class Pool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self.busy = 0
+        self.closed = False
 
     @property
     def open_count(self) -> int:
@@ -397,7 +414,7 @@ class Pool:
 
     def release(self, connection: _Connection) -> None:
         """Back to the pool if it can carry another request, else closed."""
-        if connection.closed or self.scope.max_connections <= 0:
+        if connection.closed or self.closed or self.scope.max_connections <= 0:
             connection.close()
         else:
             connection.used = True
@@ -415,10 +432,13 @@ class Pool:
             self._wake()
 
     def close(self) -> None:
+        """Close every connection (at shutdown, in-flight ones too); nothing is pooled after."""
+        self.closed = True
         for connection in list(self._open):
             connection.close()
         if self._sweep is not None:
             self._sweep.cancel()
+            self._sweep = None
 
     def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(origin)
