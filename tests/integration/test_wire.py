@@ -18,6 +18,7 @@ import ssl
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -424,6 +425,23 @@ async def test_transfer_codings_other_than_chunked(
     server = serve(answering(gzipped))
     with pytest.raises(wire.BadResponse, match="Transfer-Encoding"):
         await get(client, server.url)
+
+
+async def test_every_gzip_member_and_raw_deflate_are_undone(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    members = gzip.compress(b'{"token":') + gzip.compress(b'"t"}')
+    server = serve(answering(response("200 OK", members, "Content-Encoding: gzip")))
+    assert (await get(client, server.url)).body == b'{"token":"t"}'
+    squeeze = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = squeeze.compress(b"raw deflate") + squeeze.flush()
+    for body in (raw, zlib.compress(b"raw deflate")):
+        server = serve(answering(response("200 OK", body, "Content-Encoding: deflate")))
+        assert (await get(client, server.url)).body == b"raw deflate"
+    # Two members whose sum passes the cap: the cap holds across members.
+    big = gzip.compress(b"0" * 800) * 2
+    server = serve(answering(response("200 OK", big, "Content-Encoding: gzip")))
+    assert (await get(client, server.url, limit=1000)).body is None
 
 
 async def test_a_truncated_gzip_body_is_refused(

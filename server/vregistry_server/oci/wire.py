@@ -336,19 +336,34 @@ def _decoded(headers: Headers, body: bytes, limit: int) -> bytes | None:
     encoding = headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
         return body
-    if encoding not in ("gzip", "deflate", "x-gzip"):
-        raise BadResponse(f"unsupported Content-Encoding {encoding!r}")
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-    try:
+    if encoding in ("gzip", "x-gzip"):
+        return _inflate(body, limit, 16 + zlib.MAX_WBITS, encoding)
+    if encoding == "deflate":
+        # RFC 9110 means zlib-wrapped; some servers send it raw (as browsers accept).
+        wbits = zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS
+        return _inflate(body, limit, wbits, encoding)
+    raise BadResponse(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _inflate(body: bytes, limit: int, wbits: int, encoding: str) -> bytes | None:
+    """Every member (gzip allows several, one after the other), or None past the cap."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while rest:
         inflater = zlib.decompressobj(wbits)
-        plain = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise BadResponse(f"body is not valid {encoding}") from None
-    if len(plain) > limit:
-        return None  # a bomb stops at the cap like any oversized body
-    if not inflater.eof:  # cut short: what came is not the whole body
-        raise BadResponse(f"body is not valid {encoding} (it ends early)")
-    return plain
+        try:
+            plain = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error:
+            raise BadResponse(f"body is not valid {encoding}") from None
+        size += len(plain)
+        if size > limit:
+            return None  # a bomb stops at the cap like any oversized body
+        if not inflater.eof:  # cut short: what came is not the whole body
+            raise BadResponse(f"body is not valid {encoding} (it ends early)")
+        parts.append(plain)
+        rest = inflater.unused_data
+    return b"".join(parts)
 
 
 class Pool:
