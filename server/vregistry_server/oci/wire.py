@@ -110,9 +110,13 @@ class _Connection(asyncio.Protocol):
         self.used = False  # has carried a response: a close before the next one may be a race
         self._waiter: asyncio.Future[Reply] | None = None
         self._parser: httptools.HttpResponseParser | None = None
-        self._head = False
-        self._read_body = True
-        self._limit = 0
+        self._begin(head=False, read_body=True, limit=0)
+
+    def _begin(self, *, head: bool, read_body: bool, limit: int) -> None:
+        """The state of one exchange, fresh (every field the callbacks below read)."""
+        self._head = head
+        self._read_body = read_body
+        self._limit = limit
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
         self._body: list[bytes] = []
@@ -241,21 +245,9 @@ class _Connection(asyncio.Protocol):
         timer on the response's future, not an asyncio.timeout around the whole call."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
+        self._begin(head=request.method == "HEAD", read_body=request.read_body, limit=request.limit)
         self._waiter = waiter = loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
-        self._head = request.method == "HEAD"
-        self._read_body = request.read_body
-        self._limit = request.limit
-        self._headers = []
-        self._header_bytes = 0
-        self._body = []
-        self._body_size = 0
-        self._until_eof = False
-        self._received = False
-        self._pending = 0  # bytes since a complete header line or body bytes (see data_received)
-        self._keep = False
-        self._status = 0
-        self._interim = False
         if body:
             self.transport.writelines((head_bytes, body))
         else:
