@@ -27,6 +27,7 @@ import uvloop
 from yarl import URL
 
 from tests.support.certs import make_pki
+from tests.support.hostile import Conversation, SocketServer, read_head
 from tests.support.processes import LOCALHOST
 from tests.support.registry import RegistryServer
 from vregistry_server.oci import http, wire
@@ -34,59 +35,6 @@ from vregistry_server.oci.egress import AddressClass, EgressScope, enter_scope, 
 
 LOOPBACK = frozenset({AddressClass.LOOPBACK})
 LOOPBACK_SCOPE = EgressScope(key="test:wire", elsewhere_classes=LOOPBACK)
-Conversation = Callable[[socket.socket], None]
-
-
-class SocketServer:
-    """Accepts on 127.0.0.1 and hands every connection to ``conversation`` on its own
-    thread; counts connections. Bounded: each conversation reads with a timeout."""
-
-    def __init__(self, conversation: Conversation, tls: ssl.SSLContext | None = None) -> None:
-        self._sock = socket.create_server((LOCALHOST, 0))
-        self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
-        self.url = f"{'https' if tls else 'http'}://{LOCALHOST}:{self.port}"
-        self.connections = 0
-        self._conversation = conversation
-        self._tls = tls
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
-
-    def _talk(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        try:
-            if self._tls is not None:
-                conn = self._tls.wrap_socket(conn, server_side=True)
-            self._conversation(conn)
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._sock.close()
-
-
-def read_request(conn: socket.socket) -> bytes | None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 def answering(*responses: bytes, then_close: bool = False) -> Conversation:
@@ -95,7 +43,7 @@ def answering(*responses: bytes, then_close: bool = False) -> Conversation:
 
     def conversation(conn: socket.socket) -> None:
         sent = 0
-        while read_request(conn) is not None:
+        while read_head(conn) is not None:
             conn.sendall(responses[min(sent, len(responses) - 1)])
             sent += 1
             if then_close and sent >= len(responses):
@@ -286,7 +234,7 @@ async def test_the_pool_limit_queues_and_a_cancelled_exchange_frees_its_connecti
     release = threading.Event()
 
     def slow(conn: socket.socket) -> None:
-        while read_request(conn) is not None:
+        while read_head(conn) is not None:
             release.wait(5)
             conn.sendall(response("200 OK", b"slow"))
 
@@ -344,7 +292,7 @@ async def test_no_response_in_time_is_a_timeout_and_the_connection_goes(
     stop = threading.Event()
 
     def mute(conn: socket.socket) -> None:
-        read_request(conn)
+        read_head(conn)
         stop.wait(5)  # never answers
 
     server = serve(mute)
@@ -365,7 +313,7 @@ async def test_an_endless_head_is_cut_at_the_header_limit_not_the_deadline(
 
     def endless(start: bytes) -> Conversation:
         def conversation(conn: socket.socket) -> None:
-            read_request(conn)
+            read_head(conn)
             conn.sendall(start)
             for _ in range(128):  # 8 MB at most: the client gives up long before
                 conn.sendall(b"p" * 65536)
@@ -402,7 +350,7 @@ async def test_a_reset_cuts_a_connection_delimited_body_short(
     client: wire.Wire, serve: Callable[..., SocketServer]
 ) -> None:
     def reset(conn: socket.socket) -> None:
-        read_request(conn)
+        read_head(conn)
         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\npartial")
         time.sleep(0.1)
         # Linger 0: close() sends a RST, not a FIN; the body did not end, it was cut.

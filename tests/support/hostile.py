@@ -1,8 +1,10 @@
 """Stand-ins for hostile behaviour no real registry or token server produces, and a way to
 observe that the service did not connect at all.
 
-- ``AcceptCounter``: a listening socket that only counts the connections it accepts (the
-  proof that a refused upstream got no byte: zero accepts).
+- ``SocketServer``: a listening socket that hands each connection to a function writing
+  exact bytes (HTTP shapes no registry happens to send); ``AcceptCounter``, one that only
+  counts the connections it accepts (the proof that a refused upstream got no byte: zero
+  accepts).
 - ``RecordingServer``: an HTTP server that records every request with its body, answering
   from a script (a realm that redirects its POST with 307, the host it points to).
 - ``Tarpit``: answers ``/v2/`` at once and then trickles one byte every ``interval``
@@ -18,6 +20,7 @@ Everything listens on 127.0.0.0/8 only.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,21 +34,33 @@ from tests.support.httpserver import BackgroundHTTPServer, QuietHandler
 from tests.support.processes import LOCALHOST
 from vregistry_server.oci import wire
 
+Conversation = Callable[[socket.socket], None]
 
-class AcceptCounter:
-    """Listens on ``host`` and counts accepted connections; closes each one at once."""
 
-    def __init__(self, host: str = LOCALHOST) -> None:
+class SocketServer:
+    """Accepts on ``host`` (loopback) and hands every connection to ``conversation`` on
+    its own thread, then closes it; counts connections. Bounded: each connection reads
+    with a timeout, and the accept loop stops with ``close``."""
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        tls: ssl.SSLContext | None = None,
+        host: str = LOCALHOST,
+    ) -> None:
         self._sock = socket.create_server((host, 0))
         self._sock.settimeout(0.2)
         self.host = host
         self.port = self._sock.getsockname()[1]
-        self.accepts = 0
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
+        self.connections = 0
+        self._conversation = conversation
+        self._tls = tls
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _serve(self) -> None:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
@@ -53,16 +68,43 @@ class AcceptCounter:
                 continue
             except OSError:
                 return
-            self.accepts += 1
+            self.connections += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            self._conversation(conn)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
             conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+
+
+class AcceptCounter:
+    """Listens on ``host`` and counts accepted connections; closes each one at once."""
+
+    def __init__(self, host: str = LOCALHOST) -> None:
+        self._server = SocketServer(lambda conn: None, host=host)
+        self.host = host
+        self.port = self._server.port
+
+    @property
+    def accepts(self) -> int:
+        return self._server.connections
 
     def url(self, host: str | None = None) -> str:
         return f"http://{host or self.host}:{self.port}"
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._sock.close()
+        self._server.close()
 
 
 @dataclass
@@ -158,7 +200,7 @@ class Tarpit:
         try:
             with conn:
                 while not self._stop.is_set():
-                    head = _read_head(conn)
+                    head = read_head(conn)
                     if head is None:
                         return
                     if head.split(b" ", 2)[1] == b"/v2/":
@@ -197,7 +239,8 @@ def _endless(prefix: bytes) -> Iterator[bytes]:
         yield b"x"
 
 
-def _read_head(conn: socket.socket) -> bytes | None:
+def read_head(conn: socket.socket) -> bytes | None:
+    """A request's head (up to its blank line), or None when the peer closed first."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(4096)
