@@ -7,9 +7,9 @@ hand so that ``Authorization`` and a form body never travel to another host, at 
 ``max_in_flight_per_upstream`` exchanges per upstream, a hard deadline on each, and a
 time budget that respects both the configured timeout and the caller's gRPC deadline.
 
-The wire itself is oci/wire.py (asyncio transports and llhttp): aiohttp and httpx
-before it cost several times its CPU per request (benchmarks/RESULTS.md, issue 11,
-"HTTP clients" and "A leaner wire"). httpx.URL is still the URL type callers pass
+The wire itself is oci/wire.py (asyncio transports and llhttp): httpx before it cost
+several times its CPU per request and aiohttp a third more (benchmarks/RESULTS.md, issue
+11, "HTTP clients" and "A leaner wire"). httpx.URL is still the URL type callers pass
 around; only the wire moved.
 """
 
@@ -43,16 +43,9 @@ from vregistry_server.oci.egress import (
     literal_addresses,
 )
 from vregistry_server.oci.realm_policy import EgressRefusedError, Resolve, system_resolve
-from vregistry_server.oci.wire import (
-    KEEPALIVE_SECONDS,
-    USER_AGENT,
-    ConnectFailed,
-    Headers,
-    Reply,
-    Request,
-    Wire,
-    WireError,
-)
+from vregistry_server.oci.wire import USER_AGENT as USER_AGENT  # what send's callers see
+from vregistry_server.oci.wire import ConnectFailed, Headers, Request, Wire, WireError
+from vregistry_server.oci.wire import Reply as Reply
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 3
@@ -60,8 +53,6 @@ DEADLINE_MARGIN_SECONDS = 0.05
 MAX_ABANDONED_EXCHANGES = 2000
 MAX_POOLS = 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-__all__ = ["KEEPALIVE_SECONDS", "USER_AGENT", "Headers", "Reply"]
 
 
 class HttpClient(Protocol):
