@@ -30,6 +30,7 @@ from tests.support.certs import make_pki
 from tests.support.hostile import Conversation, SocketServer, read_head
 from tests.support.processes import LOCALHOST
 from tests.support.registry import RegistryServer
+from vregistry_server.errors import UpstreamUnreachable
 from vregistry_server.oci import http, wire
 from vregistry_server.oci.egress import AddressClass, EgressScope, enter_scope, leave_scope
 
@@ -263,6 +264,31 @@ async def test_idle_connections_are_closed_after_the_keepalive(
     assert pool.open_count == 1
     await asyncio.sleep(0.5)
     assert pool.open_count == 0
+
+
+async def test_a_name_that_does_not_resolve_is_a_connect_failure() -> None:
+    # The resolver's own error (no DNS is asked: the test's resolver fails by itself),
+    # reported as a connection that could not be made, not raised as a bare OSError.
+    async def unknown(host: str, port: int) -> list[str]:
+        raise OSError(f"unknown host {host}")
+
+    token = enter_scope(LOOPBACK_SCOPE)
+    lost = wire.Wire(connect_timeout=2, tls=http.tls_context(), max_pools=2, resolve=unknown)
+    try:
+        with pytest.raises(wire.ConnectFailed, match="cannot resolve"):
+            await get(lost, "http://nowhere.test:5000/v2/")
+        assert lost.pool_for(LOOPBACK_SCOPE).open_count == 0
+        # Through ``send``: the probe's UNAVAILABLE ("cannot connect"), not a crash.
+        upstream_client = http.UpstreamClient(connect_timeout=2, request_timeout=2, resolve=unknown)
+        with pytest.raises(UpstreamUnreachable, match=r"cannot connect to http://nowhere\.test"):
+            await http.send(
+                upstream_client, "GET", "http://nowhere.test:5000/v2/",
+                budget=http.Budget.start(2), scope=LOOPBACK_SCOPE,
+            )  # fmt: skip
+        await upstream_client.aclose()
+    finally:
+        lost.close()
+        leave_scope(token)
 
 
 async def test_tls_is_verified_against_the_trusted_cas(

@@ -33,7 +33,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from vregistry_server.oci.egress import EgressScope, default_port
-from vregistry_server.oci.realm_policy import Resolve, guarded_addresses, system_resolve
+from vregistry_server.oci.realm_policy import (
+    EgressRefusedError,
+    Resolve,
+    guarded_addresses,
+    system_resolve,
+)
 
 # Idle pooled connections are closed after this long (httpx's default was 5 s).
 KEEPALIVE_SECONDS = 5.0
@@ -472,13 +477,23 @@ class Pool:
         _scheme, host, port = origin
         self._opening += 1
         try:
-            addresses = await guarded_addresses(host, port, self._resolve)
+            addresses = await self._addresses(host, port)
             connection = await self._dial(origin, addresses)
         finally:
             self._opening -= 1
             self._wake()
         self._open.add(connection)
         return connection
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        """What the egress rule lets this connection reach; a name that does not resolve
+        is a connection that cannot be made (the refusal itself goes up as it is)."""
+        try:
+            return await guarded_addresses(host, port, self._resolve)
+        except EgressRefusedError:
+            raise
+        except OSError as exc:
+            raise ConnectFailed(f"cannot resolve {host}", exc) from exc
 
     async def _dial(self, origin: tuple[str, str, int], addresses: list[str]) -> _Connection:
         scheme, host, port = origin
