@@ -39,15 +39,22 @@ from benchmarks.environment import (  # noqa: E402
 )
 from benchmarks.loadgen import run_ghz  # noqa: E402
 from benchmarks.procstat import cpu_seconds  # noqa: E402
-from benchmarks.scenarios import HOT, RESOLVE, RESOLVE_FROM_CACHE, URL_FOR  # noqa: E402
+from benchmarks.scenarios import (  # noqa: E402
+    HOT,
+    HOT_IN_FLIGHT,
+    RESOLVE,
+    RESOLVE_FROM_CACHE,
+    RESOLVE_IN_FLIGHT,
+    URL_FOR,
+)
 
 OUT = ROOT / "benchmarks" / "out"
 # name: (method, request, calls in flight)
 SCENARIOS: dict[str, tuple[str, Any, int]] = {
-    "hot": ("GetAuthHeaders", HOT, 64),
-    "url": ("UrlFor", URL_FOR, 64),
-    "from-cache": ("ResolveUpstream", RESOLVE_FROM_CACHE, 64),
-    "cold": ("ResolveUpstream", RESOLVE, 16),
+    "hot": ("GetAuthHeaders", HOT, HOT_IN_FLIGHT),
+    "url": ("UrlFor", URL_FOR, HOT_IN_FLIGHT),
+    "from-cache": ("ResolveUpstream", RESOLVE_FROM_CACHE, HOT_IN_FLIGHT),
+    "cold": ("ResolveUpstream", RESOLVE, RESOLVE_IN_FLIGHT),
 }
 
 

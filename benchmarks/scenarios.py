@@ -25,6 +25,10 @@ URL_FOR: Mapping[str, str] = {"upstream_id": "hot", "path": HOT_PATH}
 HOT: Mapping[str, str] = {"upstream_id": "hot", "path": HOT_PATH}
 # refresh: every call checks the upstreams (the resolution cache would answer otherwise).
 RESOLVE: Mapping[str, Any] = {"registry_id": "chain", "path": HOT_PATH, "refresh": True}
+# Calls in flight: the hot-path load, and ResolveUpstream over upstreams 200 ms away (each
+# call holds three upstream requests for the whole delay).
+HOT_IN_FLIGHT = 64
+RESOLVE_IN_FLIGHT = 16
 # The same path answered from the resolution cache (memory layer; headers from the token cache).
 RESOLVE_FROM_CACHE: Mapping[str, Any] = {"registry_id": "chain", "path": HOT_PATH}
 COLD_ONE_KEY: Mapping[str, str] = {"upstream_id": "cold", "path": "private/app/manifests/v1"}
@@ -65,7 +69,7 @@ class Scenario:
     # The scenario this one is reported as a ratio of (req/s and p99); measured earlier.
     baseline: str | None = None
     connections: int = 4
-    concurrency: int = 64  # calls in flight, spread over the connections
+    concurrency: int = HOT_IN_FLIGHT  # calls in flight, spread over the connections
     # None: as many calls as fit in --duration at the rate a warm-up run measured.
     total: int | None = None
     warmup: bool = True
@@ -167,7 +171,7 @@ def resolve_cached() -> Phase:
                 BASELINE,
                 "ResolveUpstream",
                 RESOLVE,
-                concurrency=16,
+                concurrency=RESOLVE_IN_FLIGHT,
             ),
             Scenario(
                 "ResolveUpstream-cold",
@@ -175,7 +179,7 @@ def resolve_cached() -> Phase:
                 "ResolveUpstream",
                 RESOLVE,
                 baseline="baseline-ResolveUpstream",
-                concurrency=16,
+                concurrency=RESOLVE_IN_FLIGHT,
             ),
         ),
         probes_after=(Probe(ProbeKind.PRIORITY_ORDER, (SERVICE,)),),
@@ -213,7 +217,7 @@ def resolve_uncached() -> Phase:
                 "ResolveUpstream",
                 RESOLVE,
                 baseline="baseline-ResolveUpstream",
-                concurrency=16,
+                concurrency=RESOLVE_IN_FLIGHT,
             ),
         ),
         # Before the load: the first call is the one that finds nothing cached at all.

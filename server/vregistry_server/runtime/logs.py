@@ -213,7 +213,7 @@ class AuditLines(LoggerAudit):
         assert isinstance(formatter, JsonFormatter)
         created = time.time()
         tail = formatter.string_tail("INFO", self._logger.name, message, fields)
-        line = formatter.head(created, (created - int(created)) * 1000) + tail + "\n"
+        line = formatter.head(created, (created - int(created)) * 1000) + tail + handler.terminator
         handler.acquire()
         try:
             handler.write_line(line)
