@@ -132,6 +132,27 @@ async def test_connection_close_is_obeyed(
     assert server.connections == 3
 
 
+async def test_a_head_answer_without_a_length_keeps_its_connection(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    """A HEAD response has no body whatever its headers say (RFC 9110 9.3.2), so one
+    without Content-Length is still complete at its blank line: the connection is kept
+    unless the response (or HTTP/1.0 without keep-alive) says it ends."""
+    digest = "Docker-Content-Digest: sha256:" + "a" * 64
+    bare = serve(answering(f"HTTP/1.1 200 OK\r\n{digest}\r\n\r\n".encode()))
+    for _ in range(3):
+        reply = await get(client, bare.url, method="HEAD")
+        assert reply.status == 200 and reply.headers["docker-content-digest"].endswith("a" * 64)
+    assert bare.connections == 1
+    closing = serve(answering(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"))
+    old = serve(answering(b"HTTP/1.0 200 OK\r\n\r\n"))
+    old_kept = serve(answering(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n"))
+    for server in (closing, old, old_kept):
+        for _ in range(2):
+            assert (await get(client, server.url, method="HEAD")).status == 200
+    assert (closing.connections, old.connections, old_kept.connections) == (2, 2, 1)
+
+
 async def test_gzip_is_undone_and_a_bomb_stops_at_the_cap(
     client: wire.Wire, serve: Callable[..., SocketServer]
 ) -> None:
@@ -211,6 +232,36 @@ async def test_a_closed_pool_keeps_nothing(
     connection = await pool.acquire((("http", LOCALHOST, server.port)), 1e12)
     pool.release(connection)
     assert pool.open_count == 0, "released into a closed pool: closed, not kept"
+
+
+async def test_a_freed_connection_goes_to_the_first_waiter_not_a_newcomer(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    server = serve(answering(response("200 OK", b"ok")))
+    scope = EgressScope(key="test:fifo", elsewhere_classes=LOOPBACK, max_connections=1)
+    pool = client.pool_for(scope)
+    origin = ("http", LOCALHOST, server.port)
+    held = await pool.acquire(origin, 1e12)
+    waiting = asyncio.ensure_future(pool.acquire(origin, 1e12))
+    await asyncio.sleep(0)  # queued for the only connection
+    newcomer = asyncio.ensure_future(pool.acquire(origin, 1e12))  # runs before the waiter
+    pool.release(held)
+    assert await waiting is held
+    await asyncio.sleep(0.05)
+    assert not newcomer.done(), "the newcomer waits its turn"
+    pool.release(held)
+    assert await newcomer is held
+    pool.release(held)
+    # A waiter that leaves as the connection is handed to it passes it on.
+    held = await pool.acquire(origin, 1e12)
+    leaving = asyncio.ensure_future(pool.acquire(origin, 1e12))
+    await asyncio.sleep(0)
+    after = asyncio.ensure_future(pool.acquire(origin, 1e12))
+    await asyncio.sleep(0)
+    pool.release(held)
+    leaving.cancel()
+    assert await after is held
+    assert leaving.cancelled() and pool.open_count == 1
 
 
 async def test_a_pooled_connection_the_upstream_closed_is_replaced_once(

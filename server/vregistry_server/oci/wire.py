@@ -201,8 +201,14 @@ class _Connection(asyncio.Protocol):
         if status < 200:
             self._interim_response(status)
             return
+        if self._head:
+            # llhttp is not told the method, so without a length it would wait for the
+            # connection's end; a HEAD response has no body whatever its headers say.
+            self._keep = _persistent(parser.get_http_version(), self._headers)
+            self._finish(b"")
+            return
         self._keep = parser.should_keep_alive()
-        if self._head or status in (204, 304):
+        if status in (204, 304):
             self._finish(b"")
             return
         if not self._read_body:
@@ -322,6 +328,20 @@ def _delimited(headers: Sequence[tuple[str, str]]) -> bool:
     return bool(codings) and codings[-1] == "chunked"
 
 
+def _persistent(version: str, headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether the connection stays open after a response without a body (RFC 9112
+    9.3): on HTTP/1.1 unless ``Connection: close``, on 1.0 only with ``keep-alive``."""
+    options = {
+        option.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for option in value.split(",")
+    }
+    if version == "1.1":
+        return "close" not in options
+    return version == "1.0" and "keep-alive" in options and "close" not in options
+
+
 def _transfer_codings(headers: Sequence[tuple[str, str]]) -> list[str]:
     values = (value for name, value in headers if name.lower() == "transfer-encoding")
     return [c.strip().lower() for value in values for c in value.split(",") if c.strip()]
@@ -363,6 +383,10 @@ def _inflate(body: bytes, limit: int, wbits: int, encoding: str) -> bytes | None
     return b"".join(parts)
 
 
+# Who waits for a connection, to which origin: handed a connection, or None (try again).
+_Waiter = tuple[tuple[str, str, int], "asyncio.Future[_Connection | None]"]
+
+
 class Pool:
     """The connections of one upstream (egress scope): at most ``scope.max_connections``
     open at once, idle ones reused newest first and closed after KEEPALIVE_SECONDS."""
@@ -382,7 +406,7 @@ class Pool:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._opening = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self.busy = 0
         self.closed = False
@@ -398,42 +422,75 @@ class Pool:
 
     async def acquire(self, origin: tuple[str, str, int], deadline: float) -> _Connection:
         """An idle connection at once, else a new one or the next one freed, by ``deadline``
-        (loop time; only these slow paths arm a timer)."""
-        connection = self._take_idle(origin)
-        if connection is not None:
-            return connection
+        (loop time; only these slow paths arm a timer). Waiters are served in order: a
+        connection released while some wait is handed to the first of them for its origin,
+        never left for a newcomer to take."""
+        if not self._waiters:
+            connection = self._take_idle(origin)
+            if connection is not None:
+                return connection
         async with asyncio.timeout_at(deadline):
             return await self._acquire_slowly(origin)
 
     async def _acquire_slowly(self, origin: tuple[str, str, int]) -> _Connection:
+        woken = False  # a waiter woken without a connection keeps its place at the front
         while True:
-            connection = self._take_idle(origin)
-            if connection is not None:
-                return connection
-            if self.open_count < self.scope.max_connections or self._close_other_idle():
-                return await self._connect(origin)
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
+            if woken or not self._waiters:
+                connection = self._take_idle(origin)
+                if connection is not None:
+                    return connection
+                if self.open_count < self.scope.max_connections or self._close_other_idle():
+                    return await self._connect(origin)
+            waiter: _Waiter = (origin, asyncio.get_running_loop().create_future())
+            if woken:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
+            handed = await self._wait(waiter)
+            if handed is not None and not handed.closed:
+                return handed
+            woken = True
+
+    async def _wait(self, waiter: _Waiter) -> _Connection | None:
+        """A connection handed over, or None: a place opened up (try again)."""
+        future = waiter[1]
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                handed = future.result()
+                if handed is not None:
+                    self.release(handed)  # handed over as it left: to the next in line
+                else:
                     self._wake()  # woken as it left: the turn goes to the next in line
-                raise
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
 
     def release(self, connection: _Connection) -> None:
-        """Back to the pool if it can carry another request, else closed."""
+        """Back to the pool if it can carry another request (to the first waiter for its
+        origin, if any), else closed."""
         if connection.closed or self.closed or self.scope.max_connections <= 0:
             connection.close()
-        else:
-            connection.used = True
-            connection.idle_since = asyncio.get_running_loop().time()
-            self._idle.setdefault(connection.origin, []).append(connection)
-            self._arm_sweep()
+            self._wake()
+            return
+        connection.used = True
+        connection.idle_since = asyncio.get_running_loop().time()
+        if self._hand_over(connection):
+            return
+        self._idle.setdefault(connection.origin, []).append(connection)
+        self._arm_sweep()
         self._wake()
+
+    def _hand_over(self, connection: _Connection) -> bool:
+        for waiter in self._waiters:
+            origin, future = waiter
+            if origin == connection.origin and not future.done():
+                self._waiters.remove(waiter)
+                future.set_result(connection)
+                return True
+        return False
 
     def forget(self, connection: _Connection) -> None:
         if connection in self._open:
@@ -517,9 +574,9 @@ class Pool:
 
     def _wake(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            _origin, future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
                 return
 
     def _arm_sweep(self) -> None:
