@@ -262,6 +262,18 @@ async def test_a_freed_connection_goes_to_the_first_waiter_not_a_newcomer(
     leaving.cancel()
     assert await after is held
     assert leaving.cancelled() and pool.open_count == 1
+    # A place freed by a connection that closed is held for the waiter woken for it.
+    waiting = asyncio.ensure_future(pool.acquire(origin, 1e12))
+    await asyncio.sleep(0)
+    newcomer = asyncio.ensure_future(pool.acquire(origin, 1e12))
+    held.close()
+    fresh = await waiting
+    assert fresh is not held and not fresh.closed
+    await asyncio.sleep(0.05)
+    assert not newcomer.done(), "the newcomer waits its turn"
+    pool.release(fresh)
+    assert await newcomer is fresh
+    pool.release(fresh)
 
 
 async def test_a_pooled_connection_the_upstream_closed_is_replaced_once(

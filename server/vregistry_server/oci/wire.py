@@ -407,6 +407,7 @@ class Pool:
         self._open: set[_Connection] = set()
         self._opening = 0
         self._waiters: deque[_Waiter] = deque()
+        self._held = 0  # waiters woken for a freed place, not yet back to claim it
         self._sweep: asyncio.TimerHandle | None = None
         self.busy = 0
         self.closed = False
@@ -424,23 +425,21 @@ class Pool:
         """An idle connection at once, else a new one or the next one freed, by ``deadline``
         (loop time; only these slow paths arm a timer). Waiters are served in order: a
         connection released while some wait is handed to the first of them for its origin,
-        never left for a newcomer to take."""
-        if not self._waiters:
-            connection = self._take_idle(origin)
-            if connection is not None:
-                return connection
+        and a place freed is held for the waiter woken for it, never left for a newcomer."""
+        connection = self._take_idle(origin)
+        if connection is not None:
+            return connection
         async with asyncio.timeout_at(deadline):
             return await self._acquire_slowly(origin)
 
     async def _acquire_slowly(self, origin: tuple[str, str, int]) -> _Connection:
         woken = False  # a waiter woken without a connection keeps its place at the front
         while True:
-            if woken or not self._waiters:
-                connection = self._take_idle(origin)
-                if connection is not None:
-                    return connection
-                if self.open_count < self.scope.max_connections or self._close_other_idle():
-                    return await self._connect(origin)
+            connection = self._take_idle(origin)
+            if connection is not None:
+                return connection
+            if self._may_open():
+                return await self._connect(origin)
             waiter: _Waiter = (origin, asyncio.get_running_loop().create_future())
             if woken:
                 self._waiters.appendleft(waiter)
@@ -451,22 +450,32 @@ class Pool:
                 return handed
             woken = True
 
+    def _may_open(self) -> bool:
+        # Places held for woken waiters (``_held``) are theirs: a newcomer does not take them.
+        if self.open_count + self._held < self.scope.max_connections:
+            return True
+        return self._close_other_idle()
+
     async def _wait(self, waiter: _Waiter) -> _Connection | None:
-        """A connection handed over, or None: a place opened up (try again)."""
+        """A connection handed over, or None: a place opened up, held for us (try again)."""
         future = waiter[1]
         try:
-            return await future
+            handed = await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 handed = future.result()
                 if handed is not None:
                     self.release(handed)  # handed over as it left: to the next in line
                 else:
+                    self._held -= 1
                     self._wake()  # woken as it left: the turn goes to the next in line
             raise
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
+        if handed is None:
+            self._held -= 1
+        return handed
 
     def release(self, connection: _Connection) -> None:
         """Back to the pool if it can carry another request (to the first waiter for its
@@ -577,6 +586,7 @@ class Pool:
             _origin, future = self._waiters.popleft()
             if not future.done():
                 future.set_result(None)
+                self._held += 1
                 return
 
     def _arm_sweep(self) -> None:
