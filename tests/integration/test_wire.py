@@ -276,6 +276,41 @@ async def test_a_freed_connection_goes_to_the_first_waiter_not_a_newcomer(
     pool.release(fresh)
 
 
+async def test_a_full_pool_under_churn_keeps_its_books(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    """Many callers on a pool of two, some giving up while they wait, some connections
+    closing instead of coming back: never more than two open, every caller that stays gets
+    a connection, and nothing is left held or queued at the end."""
+    server = serve(answering(response("200 OK", b"ok")))
+    scope = EgressScope(key="test:churn", elsewhere_classes=LOOPBACK, max_connections=2)
+    pool = client.pool_for(scope)
+    origin = ("http", LOCALHOST, server.port)
+    served = 0
+
+    async def caller(index: int) -> None:
+        nonlocal served
+        connection = await pool.acquire(origin, 1e12)
+        assert pool.open_count <= 2
+        served += 1
+        await asyncio.sleep(0.001 * (index % 3))
+        if index % 5 == 0:
+            connection.close()  # gone instead of back: its place is freed
+        else:
+            pool.release(connection)
+
+    tasks = [asyncio.ensure_future(caller(i)) for i in range(60)]
+    await asyncio.sleep(0)
+    leaving = tasks[7::9]
+    for task in leaving:
+        task.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
+    assert all(r is None or isinstance(r, asyncio.CancelledError) for r in results)
+    assert served == 60 - cancelled and cancelled >= 1
+    assert pool.open_count <= 2 and not pool._waiters and pool._held == 0
+
+
 async def test_a_pooled_connection_the_upstream_closed_is_replaced_once(
     client: wire.Wire, serve: Callable[..., SocketServer]
 ) -> None:
