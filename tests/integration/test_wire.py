@@ -273,7 +273,19 @@ async def test_a_freed_connection_goes_to_the_first_waiter_not_a_newcomer(
     assert not newcomer.done(), "the newcomer waits its turn"
     pool.release(fresh)
     assert await newcomer is fresh
+    # Closed by the upstream mid-exchange, then given back: one place freed, one waiter woken.
+    first = asyncio.ensure_future(pool.acquire(origin, 1e12))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(pool.acquire(origin, 1e12))
+    await asyncio.sleep(0)
+    fresh.close()
     pool.release(fresh)
+    replacement = await asyncio.wait_for(first, 2)
+    await asyncio.sleep(0.05)
+    assert not second.done(), "the second waiter did not overtake the first"
+    pool.release(replacement)
+    assert await second is replacement
+    pool.release(replacement)
 
 
 async def test_a_full_pool_under_churn_keeps_its_books(

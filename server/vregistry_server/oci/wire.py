@@ -481,8 +481,7 @@ class Pool:
         """Back to the pool if it can carry another request (to the first waiter for its
         origin, if any), else closed."""
         if connection.closed or self.closed or self.scope.max_connections <= 0:
-            connection.close()
-            self._wake()
+            connection.close()  # its place is freed (and a waiter woken) by forget, once
             return
         connection.used = True
         connection.idle_since = asyncio.get_running_loop().time()
