@@ -331,20 +331,20 @@ def _delimited(headers: Sequence[tuple[str, str]]) -> bool:
 def _persistent(version: str, headers: Sequence[tuple[str, str]]) -> bool:
     """Whether the connection stays open after a response without a body (RFC 9112
     9.3): on HTTP/1.1 unless ``Connection: close``, on 1.0 only with ``keep-alive``."""
-    options = {
-        option.strip().lower()
-        for name, value in headers
-        if name.lower() == "connection"
-        for option in value.split(",")
-    }
+    options = set(_tokens(headers, "connection"))
     if version == "1.1":
         return "close" not in options
     return version == "1.0" and "keep-alive" in options and "close" not in options
 
 
 def _transfer_codings(headers: Sequence[tuple[str, str]]) -> list[str]:
-    values = (value for name, value in headers if name.lower() == "transfer-encoding")
-    return [c.strip().lower() for value in values for c in value.split(",") if c.strip()]
+    return _tokens(headers, "transfer-encoding")
+
+
+def _tokens(headers: Sequence[tuple[str, str]], wanted: str) -> list[str]:
+    """The comma-separated tokens of every ``wanted`` header (lowercase name), in order."""
+    values = (value for name, value in headers if name.lower() == wanted)
+    return [t.strip().lower() for value in values for t in value.split(",") if t.strip()]
 
 
 def _decoded(headers: Headers, body: bytes, limit: int) -> bytes | None:
