@@ -49,9 +49,11 @@ from vregistry_server.oci.paths import (
     parse_path_or_repository,
 )
 from vregistry_server.oci.probe import Prober, _fetch_headers
+from vregistry_server.oci.singleflight import JoinTimedOut, SharedCalls
 from vregistry_server.oci.token_cache import MemoryTokenCache, RedisTokenCache, TokenCache
 from vregistry_server.resolve_cache import (
     CachedAnswer,
+    Lookup,
     ResolveCache,
     answer_for_hit,
     answer_for_miss,
@@ -88,6 +90,8 @@ class Resolver:
         self.prober = Prober(self.client, self.authenticator, settings, observer=observer)
         # UrlFor's answers depend on the configuration alone: its repeats check this count.
         self.configs_applied = 0
+        # Identical misses in flight, keyed by their resolution-cache key.
+        self._checks: SharedCalls[Resolution] = SharedCalls(retry_on=ResolveDeadlineExceeded)
 
     @property
     def changes(self) -> int:
@@ -95,6 +99,12 @@ class Resolver:
         dropped: the configuration, a discovered challenge, a token, a cached resolution.
         Read it before asking; an answer holds for a repeat only while it has not moved."""
         return self.configs_applied + self.authenticator.changes + self.resolve_cache.changes
+
+    @property
+    def checks_in_flight(self) -> int:
+        """ResolveUpstream misses whose check of the upstreams is running (each shared by
+        every identical miss that arrived meanwhile)."""
+        return len(self._checks)
 
     def isolated_prober(self) -> tuple[Authenticator, Prober]:
         """A prober with its own auth memory and token cache, sharing only the HTTP client.
@@ -237,15 +247,9 @@ class Resolver:
         if found is not None and not refresh and found.answer.fresh(cache.now()):
             return await self._from_cache(registry, parsed, found.answer, budget, found.layer)
         try:
-            resolution = await self._check(registry, parsed, budget)
-        except NotFoundOnUpstreams as exc:
-            miss = answer_for_miss(exc.message, exc.attempts, self.config.settings, cache.now())
-            if miss is not None:
-                await cache.put(key, registry.id, miss)
-            elif found is not None:
-                # Gone upstream (a deleted tag): never to be served again, not even stale.
-                await cache.drop(key)
-            raise
+            if refresh:
+                return await self._check_and_remember(key, registry, parsed, budget, found)
+            return await self._shared_check(key, registry, parsed, budget, found)
         except UpstreamsUnavailable as exc:
             if found is None or not _may_serve_stale(found.answer, exc, cache.now()):
                 raise
@@ -255,6 +259,56 @@ class Resolver:
                 raise exc from None  # no fresh headers either: the upstreams' outage it is
             cache.served_stale(found.layer)
             return stale
+
+    async def _shared_check(
+        self,
+        key: str,
+        registry: Registry,
+        parsed: RegistryPath,
+        budget: Budget,
+        found: Lookup | None,
+    ) -> Resolution:
+        """The check of a miss, shared by the identical misses that arrive while it runs.
+
+        When a new image is pulled across a fleet, its manifest and layers are asked for
+        by many nodes at once; each would otherwise ask every upstream (distribution's
+        pull-through proxy collapses its concurrent blob fetches alike). The first caller
+        checks on its own budget, as if alone; callers that join wait no longer than their
+        own deadline, and check again themselves if the first caller's deadline, not
+        theirs, ended the check. A refresh never joins: it asks for a check made after it.
+        """
+        try:
+            return await self._checks.run(
+                key, budget, lambda: self._check_and_remember(key, registry, parsed, budget, found)
+            )
+        except JoinTimedOut:
+            raise ResolveDeadlineExceeded(
+                "the caller's deadline passed while the upstreams were being checked for the"
+                " same path (another call's check, which this call waited for)",
+                attempts=[],
+                metadata={"registry_id": registry.id, "path": parsed.api_path[:200]},
+            ) from None
+
+    async def _check_and_remember(
+        self,
+        key: str,
+        registry: Registry,
+        parsed: RegistryPath,
+        budget: Budget,
+        found: Lookup | None,
+    ) -> Resolution:
+        """Ask the upstreams and remember what they said (a miss only when configured)."""
+        cache = self.resolve_cache
+        try:
+            resolution = await self._check(registry, parsed, budget)
+        except NotFoundOnUpstreams as exc:
+            miss = answer_for_miss(exc.message, exc.attempts, self.config.settings, cache.now())
+            if miss is not None:
+                await cache.put(key, registry.id, miss)
+            elif found is not None:
+                # Gone upstream (a deleted tag): never to be served again, not even stale.
+                await cache.drop(key)
+            raise
         answer = answer_for_hit(parsed, resolution, self.config.settings, resolution.checked_at)
         if answer is not None:
             await cache.put(key, registry.id, answer)

@@ -369,13 +369,15 @@ async def test_api_upstream_ping_redirect_to_another_loopback_host_is_refused() 
 
 async def _timed_resolve(service: Service, registry: str) -> float:
     started = time.perf_counter()
-    await service.resolve(registry, "library/alpine/manifests/latest", timeout=10)
+    # refresh: each call asks the upstream (a cached answer would not touch its pool).
+    await service.resolve(registry, "library/alpine/manifests/latest", timeout=10, refresh=True)
     return time.perf_counter() - started
 
 
-async def _abandoned_call(service: Service, timeout: float = 1.0) -> None:
+async def _abandoned_call(service: Service, timeout: float = 1.0, tag: str = "held") -> None:
+    # Each held call asks for its own tag: identical misses in flight share one check.
     with pytest.raises(grpc.aio.AioRpcError):
-        await service.resolve("slow", "library/alpine/manifests/latest", timeout=timeout)
+        await service.resolve("slow", f"library/alpine/manifests/{tag}", timeout=timeout)
 
 
 async def _eventually(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -408,7 +410,7 @@ async def test_a_tarpit_upstream_costs_its_own_budget_only(
         baseline = [await _timed_resolve(service, "fast") for _ in range(20)]
 
         started = time.monotonic()
-        slow = [asyncio.create_task(_abandoned_call(service)) for _ in range(20)]
+        slow = [asyncio.create_task(_abandoned_call(service, tag=f"held-{n}")) for n in range(20)]
         assert await _eventually(lambda: tarpit.open_connections >= 20, 5), tarpit.open_connections
         during = [await _timed_resolve(service, "fast") for _ in range(20)]
         assert tarpit.open_connections >= 20, "the tarpit held its 20 calls during the measure"
@@ -461,7 +463,10 @@ async def test_in_flight_limit_waits_within_the_budget_and_frees_up(
             circuit_failure_threshold=1000, max_in_flight_per_upstream=2,
         )  # fmt: skip
         service: Service = await service_factory(config)  # type: ignore[operator]
-        held = [asyncio.create_task(_abandoned_call(service, timeout=3.5)) for _ in range(2)]
+        held = [
+            asyncio.create_task(_abandoned_call(service, timeout=3.5, tag=f"held-{n}"))
+            for n in range(2)
+        ]
         assert await _eventually(lambda: tarpit.open_connections >= 2, 5)
         accepted = tarpit.accepted
         with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -6,6 +6,7 @@ request it forwarded); time moves by the cache's injected clock, never by sleepi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +29,9 @@ from tests.support.service import (
 )
 from tests.support.token_server import TokenServer
 from vregistry.v1 import upstream_service_pb2 as pb
+from vregistry_server.errors import ResolveDeadlineExceeded
 from vregistry_server.model import Config, Registry, RegistryUpstream
+from vregistry_server.oci.paths import RegistryPath, parse_path
 from vregistry_server.resolve_cache import KEY_PREFIX, ResolveCache
 from vregistry_server.resolver import Resolver
 from vregistry_server.runtime.metrics import PROMETHEUS, REGISTRY
@@ -98,11 +101,124 @@ def _config(*members: tuple[str, str], registry: str = "r", **settings: Any) -> 
     return make_config(entries, {registry: [m[0] for m in members]}, env=env, **settings)
 
 
+def _parsed(path: str) -> RegistryPath:
+    return parse_path(path)
+
+
 def _resolve_cache_count(layer: str, result: str) -> float:
     value = REGISTRY.get_sample_value(
         "vregistry_resolve_cache_requests_total", {"layer": layer, "result": result}
     )
     return value or 0.0
+
+
+# --------------------------------------------------------------------------- misses in flight
+# A new image pulled by many nodes at once: its identical misses share one check of the
+# upstreams. The HEAD is held at the proxy so that the calls overlap for sure.
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_identical_misses_in_flight_share_one_check_of_the_upstreams(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    proxy = proxy_factory(open_registry, delay_seconds=0.5, fault_methods=("HEAD",))
+    service = await start(_config(("open", proxy.url)), Clock())
+    image = open_registry.images[ALPINE]
+    head = ("HEAD", f"/v2/{image.manifest_path}")
+
+    answers = await asyncio.gather(*(service.resolve("r", image.manifest_path) for _ in range(20)))
+    assert proxy.count(*head) == 1, "20 identical misses, one upstream check"
+    assert {(a.digest, a.url, a.upstream.id) for a in answers} == {
+        (image.digest, f"{proxy.url}/v2/{image.manifest_path}", "open")
+    }
+    assert service.resolver.checks_in_flight == 0
+
+    # A refresh asks for a check made after it: refreshes in flight are never merged.
+    refreshed = await asyncio.gather(
+        *(service.resolve("r", image.manifest_path, refresh=True) for _ in range(3))
+    )
+    assert proxy.count(*head) == 1 + 3
+    assert all(not a.cache_hit for a in refreshed)
+
+
+async def test_a_caller_that_joined_waits_no_longer_than_its_own_deadline(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    """Its deadline ends its wait, not the shared check, which still answers the others."""
+    proxy = proxy_factory(open_registry, delay_seconds=1.5, fault_methods=("HEAD",))
+    service = await start(_config(("open", proxy.url)), Clock())
+    resolver = service.resolver
+    image = open_registry.images[ALPINE]
+
+    first = asyncio.create_task(
+        resolver.resolve_upstream("r", image.manifest_path, caller_remaining=10)
+    )
+    await _until(lambda: resolver.checks_in_flight == 1)
+    started = time.monotonic()
+    with pytest.raises(ResolveDeadlineExceeded) as info:
+        await resolver.resolve_upstream("r", image.manifest_path, caller_remaining=0.3)
+    assert time.monotonic() - started < 1.0, "it gave up at its own deadline"
+    assert "another call's check" in info.value.message
+    resolution = await first
+    assert resolution.hit.digest == image.digest
+    assert proxy.count("HEAD", f"/v2/{image.manifest_path}") == 1
+    again = await service.resolve("r", image.manifest_path)
+    assert again.cache_hit, "the shared check's answer was remembered"
+
+
+async def test_a_caller_that_joined_checks_again_when_the_first_callers_deadline_ended_it(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    proxy = proxy_factory(open_registry, delay_seconds=1.0, fault_methods=("HEAD",))
+    service = await start(_config(("open", proxy.url)), Clock())
+    resolver = service.resolver
+    image = open_registry.images[ALPINE]
+
+    first = asyncio.create_task(
+        resolver.resolve_upstream("r", image.manifest_path, caller_remaining=0.5)
+    )
+    await _until(lambda: resolver.checks_in_flight == 1)
+    joined = await resolver.resolve_upstream("r", image.manifest_path, caller_remaining=10)
+    with pytest.raises(ResolveDeadlineExceeded) as info:
+        await first
+    assert info.value.attempts, "the first caller gets its own attempts, as when alone"
+    assert joined.hit.digest == image.digest
+    assert proxy.count("HEAD", f"/v2/{image.manifest_path}") == 2
+
+
+async def test_a_shared_check_stops_when_every_caller_has_gone(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    proxy = proxy_factory(open_registry, delay_seconds=1.0, fault_methods=("HEAD",))
+    service = await start(_config(("open", proxy.url)), Clock())
+    resolver = service.resolver
+    image = open_registry.images[ALPINE]
+
+    calls = [
+        asyncio.create_task(resolver.resolve_upstream("r", image.manifest_path)) for _ in range(3)
+    ]
+    await _until(lambda: resolver.checks_in_flight == 1)
+    calls[0].cancel()  # the first caller goes: the others still wait for its check
+    await asyncio.sleep(0)
+    assert resolver.checks_in_flight == 1
+    for call in calls[1:]:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    await _until(lambda: resolver.checks_in_flight == 0)
+    assert (
+        await resolver.resolve_cache.get(
+            resolver.resolve_cache.key(resolver.registry("r"), _parsed(image.manifest_path)),
+            "r",
+            immutable=False,
+        )
+        is None
+    ), "nothing was remembered from a check nobody waited for"
 
 
 # --------------------------------------------------------------------------- hits

@@ -501,8 +501,13 @@ def test_7_tarpit_does_not_starve_another_upstream(
     docker-registry behind team-b's other registry stays fast (generous bounds: the figure
     is in benchmarks/tarpit.py)."""
     tarpit: Tarpit = fleet.stand_ins["tarpit"]
-    fast = pb.ResolveUpstreamRequest(registry_id="reg-b", path=ALPINE)
-    slow = pb.ResolveUpstreamRequest(registry_id="slow", path=ALPINE)
+    # refresh: each call asks the upstream (a cached answer would not touch its pool).
+    fast = pb.ResolveUpstreamRequest(registry_id="reg-b", path=ALPINE, refresh=True)
+    # Each held call asks for its own tag: identical misses in flight share one check.
+    slow = [
+        pb.ResolveUpstreamRequest(registry_id="slow", path=f"library/alpine/manifests/held-{n}")
+        for n in range(20)
+    ]
 
     def timed() -> float:
         started = time.perf_counter()
@@ -513,7 +518,8 @@ def test_7_tarpit_does_not_starve_another_upstream(
     baseline = [timed() for _ in range(10)]
     with ThreadPoolExecutor(20) as pool:
         held = [
-            pool.submit(team_b.call, team_b.resolve.ResolveUpstream, slow, 1.0) for _ in range(20)
+            pool.submit(team_b.call, team_b.resolve.ResolveUpstream, request, 1.0)
+            for request in slow
         ]
         assert wait_until(lambda: tarpit.open_connections >= 20, 5), tarpit.open_connections
         during = [timed() for _ in range(10)]

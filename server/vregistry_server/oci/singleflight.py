@@ -1,16 +1,23 @@
 """Collapse concurrent calls for one key into a single call.
 
-When a token expires under load, hundreds of callers miss the cache at once;
-without this each would hit the token server. The shared call runs on its own
-task with its own time budget, so one impatient caller giving up (its gRPC
-deadline passed) does not cancel the fetch for the others.
+``SingleFlight``: when a token expires under load, hundreds of callers miss the
+cache at once; without this each would hit the token server. The shared call
+runs on its own task with its own time budget, so one impatient caller giving up
+(its gRPC deadline passed) does not cancel the fetch for the others.
+
+``SharedCalls``: the same for work that runs on its first caller's budget (a
+ResolveUpstream miss checking the upstreams): the others wait under their own
+deadlines, and the work stops when nobody waits for it any more.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from vregistry_server.oci.http import Budget
 
 T = TypeVar("T")
 
@@ -32,3 +39,75 @@ class SingleFlight(Generic[T]):
             del self._inflight[key]
         if not task.cancelled():
             task.exception()  # mark retrieved: every waiter may have given up
+
+
+class JoinTimedOut(TimeoutError):
+    """A caller that joined a shared call reached its own deadline first."""
+
+
+@dataclass(slots=True)
+class _Shared(Generic[T]):
+    task: asyncio.Task[T]
+    waiting: int = 0
+
+
+class SharedCalls(Generic[T]):
+    """One call per key in flight; every caller of the key waits on that one.
+
+    The first caller's ``call`` runs, on its own budget, exactly as it would alone
+    (what it raises is what it gets). A caller that joins waits no longer than its
+    ``budget`` (``JoinTimedOut`` then), and when the call raised ``retry_on`` while
+    that caller still has time (the first caller's deadline ended it, not its own)
+    the joiner makes its own call. The call is cancelled once nobody waits for it,
+    as a lone caller's work is when that caller goes away.
+    """
+
+    def __init__(self, retry_on: type[BaseException]) -> None:
+        self._running: dict[str, _Shared[T]] = {}
+        self._retry_on = retry_on
+
+    def __len__(self) -> int:
+        """The calls in flight."""
+        return sum(not shared.task.done() for shared in self._running.values())
+
+    async def run(self, key: str, budget: Budget, call: Callable[[], Awaitable[T]]) -> T:
+        shared = self._running.get(key)
+        if shared is None or shared.task.done():
+            return await self._wait(self._start(key, call), None)
+        try:
+            return await self._wait(shared, budget)
+        except self._retry_on:
+            if budget.remaining() <= 0:
+                raise
+        return await self.run(key, budget, call)
+
+    def _start(self, key: str, call: Callable[[], Awaitable[T]]) -> _Shared[T]:
+        shared = _Shared(asyncio.ensure_future(call()))
+        self._running[key] = shared
+        shared.task.add_done_callback(lambda done: self._finished(key, shared))
+        return shared
+
+    @staticmethod
+    async def _wait(shared: _Shared[T], budget: Budget | None) -> T:
+        shared.waiting += 1
+        try:
+            if budget is None:
+                return await asyncio.shield(shared.task)
+            timeout = budget.timeout()
+            try:
+                async with timeout:
+                    return await asyncio.shield(shared.task)
+            except TimeoutError:
+                if timeout.expired():  # not a TimeoutError the call itself raised
+                    raise JoinTimedOut() from None
+                raise
+        finally:
+            shared.waiting -= 1
+            if not shared.waiting and not shared.task.done():
+                shared.task.cancel()
+
+    def _finished(self, key: str, shared: _Shared[T]) -> None:
+        if self._running.get(key) is shared:
+            del self._running[key]
+        if not shared.task.cancelled():
+            shared.task.exception()  # mark retrieved: every waiter may have given up

@@ -344,7 +344,8 @@ type ResolveUpstreamRequest struct {
 	// "<name>/tags/list" or "<name>/referrers/<digest>".
 	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
 	// Check the upstreams even when a cached answer exists (the fresh answer
-	// then replaces the cached one).
+	// then replaces the cached one). A refresh never waits for a check that
+	// another call started before it.
 	Refresh       bool `protobuf:"varint,3,opt,name=refresh,proto3" json:"refresh,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -233,7 +233,8 @@ class ResolveUpstreamRequest(_message.Message):
     """
     refresh: _builtins.bool
     """Check the upstreams even when a cached answer exists (the fresh answer
-    then replaces the cached one).
+    then replaces the cached one). A refresh never waits for a check that
+    another call started before it.
     """
     def __init__(
         self,

@@ -167,7 +167,8 @@ export interface ResolveUpstreamRequest {
   path: string;
   /**
    * Check the upstreams even when a cached answer exists (the fresh answer
-   * then replaces the cached one).
+   * then replaces the cached one). A refresh never waits for a check that
+   * another call started before it.
    */
   refresh: boolean;
 }
