@@ -97,14 +97,17 @@ async def _measure(service: Service, calls: int) -> list[float]:
     samples = []
     for _ in range(calls):
         started = time.perf_counter()
-        await service.resolve("fast", PATH, timeout=10)
+        # refresh: each call asks the upstream (a cached answer would not touch its pool).
+        await service.resolve("fast", PATH, timeout=10, refresh=True)
         samples.append(time.perf_counter() - started)
     return samples
 
 
-async def _held_call(service: Service) -> None:
+async def _held_call(service: Service, number: int) -> None:
+    # Each held call asks for its own tag: identical misses in flight share one check.
+    path = f"library/alpine/manifests/held-{number}"
     with contextlib.suppress(grpc.aio.AioRpcError):  # the hard deadline ends it: expected
-        await service.resolve("slow", PATH, timeout=HARD_DEADLINE_SECONDS + 2)
+        await service.resolve("slow", path, timeout=HARD_DEADLINE_SECONDS + 2)
 
 
 async def _until(predicate: Any, seconds: float) -> bool:
@@ -137,7 +140,7 @@ async def run(rounds: int, calls: int) -> dict[str, Any]:
             for _ in range(rounds):
                 assert await _until(lambda: tarpit.open_connections == 0, 15)
                 baseline += await _measure(service, calls)
-                held = [asyncio.create_task(_held_call(service)) for _ in range(HELD)]
+                held = [asyncio.create_task(_held_call(service, n)) for n in range(HELD)]
                 assert await _until(lambda: tarpit.open_connections >= HELD, 5)
                 during += await _measure(service, calls)
                 held_at_end.append(tarpit.open_connections)
