@@ -246,10 +246,11 @@ class Resolver:
         found = await cache.get(key, registry.id, immutable=parsed.reference_is_digest)
         if found is not None and not refresh and found.answer.fresh(cache.now()):
             return await self._from_cache(registry, parsed, found.answer, budget, found.layer)
+        miss = _Miss(key, registry, parsed, budget, found)
         try:
             if refresh:
-                return await self._check_and_remember(key, registry, parsed, budget, found)
-            return await self._shared_check(key, registry, parsed, budget, found)
+                return await self._check_and_remember(miss)
+            return await self._shared_check(miss)
         except UpstreamsUnavailable as exc:
             if found is None or not _may_serve_stale(found.answer, exc, cache.now()):
                 raise
@@ -260,14 +261,7 @@ class Resolver:
             cache.served_stale(found.layer)
             return stale
 
-    async def _shared_check(
-        self,
-        key: str,
-        registry: Registry,
-        parsed: RegistryPath,
-        budget: Budget,
-        found: Lookup | None,
-    ) -> Resolution:
+    async def _shared_check(self, miss: _Miss) -> Resolution:
         """The check of a miss, shared by the identical misses that arrive while it runs.
 
         When a new image is pulled across a fleet, its manifest and layers are asked for
@@ -279,39 +273,32 @@ class Resolver:
         """
         try:
             return await self._checks.run(
-                key, budget, lambda: self._check_and_remember(key, registry, parsed, budget, found)
+                miss.key, miss.budget, lambda: self._check_and_remember(miss)
             )
         except JoinTimedOut:
             raise ResolveDeadlineExceeded(
                 "the caller's deadline passed while the upstreams were being checked for the"
                 " same path (another call's check, which this call waited for)",
                 attempts=[],
-                metadata={"registry_id": registry.id, "path": parsed.api_path[:200]},
+                metadata={"registry_id": miss.registry.id, "path": miss.parsed.api_path[:200]},
             ) from None
 
-    async def _check_and_remember(
-        self,
-        key: str,
-        registry: Registry,
-        parsed: RegistryPath,
-        budget: Budget,
-        found: Lookup | None,
-    ) -> Resolution:
+    async def _check_and_remember(self, miss: _Miss) -> Resolution:
         """Ask the upstreams and remember what they said (a miss only when configured)."""
-        cache = self.resolve_cache
+        cache, settings, registry_id = self.resolve_cache, self.config.settings, miss.registry.id
         try:
-            resolution = await self._check(registry, parsed, budget)
+            resolution = await self._check(miss.registry, miss.parsed, miss.budget)
         except NotFoundOnUpstreams as exc:
-            miss = answer_for_miss(exc.message, exc.attempts, self.config.settings, cache.now())
-            if miss is not None:
-                await cache.put(key, registry.id, miss)
-            elif found is not None:
+            negative = answer_for_miss(exc.message, exc.attempts, settings, cache.now())
+            if negative is not None:
+                await cache.put(miss.key, registry_id, negative)
+            elif miss.found is not None:
                 # Gone upstream (a deleted tag): never to be served again, not even stale.
-                await cache.drop(key)
+                await cache.drop(miss.key)
             raise
-        answer = answer_for_hit(parsed, resolution, self.config.settings, resolution.checked_at)
+        answer = answer_for_hit(miss.parsed, resolution, settings, resolution.checked_at)
         if answer is not None:
-            await cache.put(key, registry.id, answer)
+            await cache.put(miss.key, registry_id, answer)
         return resolution
 
     async def _check(self, registry: Registry, parsed: RegistryPath, budget: Budget) -> Resolution:
@@ -368,6 +355,17 @@ class Resolver:
             entry=answer,
             reuse=_answer_reuse(answer, auth, layer) if not stale else None,
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Miss:
+    """A ResolveUpstream call that the resolution cache did not answer."""
+
+    key: str  # the resolution cache's
+    registry: Registry
+    parsed: RegistryPath
+    budget: Budget  # the caller's
+    found: Lookup | None  # the expired (or, with refresh, fresh) cached answer, if any
 
 
 def _answer_reuse(answer: CachedAnswer, auth: AuthHeaders, layer: str) -> Reuse | None:

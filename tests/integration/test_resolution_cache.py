@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer
-from tests.support.proxy import ProxyFactory
+from tests.support.proxy import Proxy, ProxyFactory
 from tests.support.registry import RegistryServer
 from tests.support.service import (
     Service,
@@ -30,8 +30,8 @@ from tests.support.service import (
 from tests.support.token_server import TokenServer
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry_server.errors import ResolveDeadlineExceeded
-from vregistry_server.model import Config, Registry, RegistryUpstream
-from vregistry_server.oci.paths import RegistryPath, parse_path
+from vregistry_server.model import Config, Registry, RegistryUpstream, Resolution
+from vregistry_server.oci.paths import parse_path
 from vregistry_server.resolve_cache import KEY_PREFIX, ResolveCache
 from vregistry_server.resolver import Resolver
 from vregistry_server.runtime.metrics import PROMETHEUS, REGISTRY
@@ -101,10 +101,6 @@ def _config(*members: tuple[str, str], registry: str = "r", **settings: Any) -> 
     return make_config(entries, {registry: [m[0] for m in members]}, env=env, **settings)
 
 
-def _parsed(path: str) -> RegistryPath:
-    return parse_path(path)
-
-
 def _resolve_cache_count(layer: str, result: str) -> float:
     value = REGISTRY.get_sample_value(
         "vregistry_resolve_cache_requests_total", {"layer": layer, "result": result}
@@ -122,6 +118,52 @@ async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "not reached in time"
         await asyncio.sleep(0.01)
+
+
+async def _settle() -> None:
+    """Let the tasks just made or cancelled run up to where they wait."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@dataclasses.dataclass
+class Held:
+    """A service whose upstream holds every HEAD for ``delay`` seconds at the proxy."""
+
+    proxy: Proxy
+    service: Service
+    path: str  # an uncached tag's manifest
+    digest: str
+
+    @property
+    def resolver(self) -> Resolver:
+        return self.service.resolver
+
+    @property
+    def heads(self) -> int:
+        return self.proxy.count("HEAD", f"/v2/{self.path}")
+
+    async def first_in_flight(self, caller_remaining: float) -> asyncio.Task[Resolution]:
+        """The first call, once its check of the upstream is running."""
+        first = asyncio.create_task(
+            self.resolver.resolve_upstream("r", self.path, caller_remaining=caller_remaining)
+        )
+        await _until(lambda: self.resolver.checks_in_flight == 1)
+        return first
+
+
+@pytest.fixture
+def held(start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory) -> HeldFactory:
+    async def make(delay: float) -> Held:
+        proxy = proxy_factory(open_registry, delay_seconds=delay, fault_methods=("HEAD",))
+        service = await start(_config(("open", proxy.url)), Clock())
+        image = open_registry.images[ALPINE]
+        return Held(proxy, service, image.manifest_path, image.digest)
+
+    return make
+
+
+HeldFactory = Callable[[float], Awaitable[Held]]
 
 
 async def test_identical_misses_in_flight_share_one_check_of_the_upstreams(
@@ -148,77 +190,54 @@ async def test_identical_misses_in_flight_share_one_check_of_the_upstreams(
 
 
 async def test_a_caller_that_joined_waits_no_longer_than_its_own_deadline(
-    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+    held: HeldFactory,
 ) -> None:
     """Its deadline ends its wait, not the shared check, which still answers the others."""
-    proxy = proxy_factory(open_registry, delay_seconds=1.5, fault_methods=("HEAD",))
-    service = await start(_config(("open", proxy.url)), Clock())
-    resolver = service.resolver
-    image = open_registry.images[ALPINE]
-
-    first = asyncio.create_task(
-        resolver.resolve_upstream("r", image.manifest_path, caller_remaining=10)
-    )
-    await _until(lambda: resolver.checks_in_flight == 1)
+    h = await held(1.5)
+    first = await h.first_in_flight(caller_remaining=10)
     started = time.monotonic()
     with pytest.raises(ResolveDeadlineExceeded) as info:
-        await resolver.resolve_upstream("r", image.manifest_path, caller_remaining=0.3)
+        await h.resolver.resolve_upstream("r", h.path, caller_remaining=0.3)
     assert time.monotonic() - started < 1.0, "it gave up at its own deadline"
     assert "another call's check" in info.value.message
-    resolution = await first
-    assert resolution.hit.digest == image.digest
-    assert proxy.count("HEAD", f"/v2/{image.manifest_path}") == 1
-    again = await service.resolve("r", image.manifest_path)
+    assert (await first).hit.digest == h.digest
+    assert h.heads == 1
+    again = await h.service.resolve("r", h.path)
     assert again.cache_hit, "the shared check's answer was remembered"
 
 
 async def test_a_caller_that_joined_checks_again_when_the_first_callers_deadline_ended_it(
-    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+    held: HeldFactory,
 ) -> None:
-    proxy = proxy_factory(open_registry, delay_seconds=1.0, fault_methods=("HEAD",))
-    service = await start(_config(("open", proxy.url)), Clock())
-    resolver = service.resolver
-    image = open_registry.images[ALPINE]
-
-    first = asyncio.create_task(
-        resolver.resolve_upstream("r", image.manifest_path, caller_remaining=0.5)
-    )
-    await _until(lambda: resolver.checks_in_flight == 1)
-    joined = await resolver.resolve_upstream("r", image.manifest_path, caller_remaining=10)
+    h = await held(1.0)
+    first = await h.first_in_flight(caller_remaining=0.5)
+    joined = await h.resolver.resolve_upstream("r", h.path, caller_remaining=10)
     with pytest.raises(ResolveDeadlineExceeded) as info:
         await first
     assert info.value.attempts, "the first caller gets its own attempts, as when alone"
-    assert joined.hit.digest == image.digest
-    assert proxy.count("HEAD", f"/v2/{image.manifest_path}") == 2
+    assert joined.hit.digest == h.digest
+    assert h.heads == 2
 
 
-async def test_a_shared_check_stops_when_every_caller_has_gone(
-    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
-) -> None:
-    proxy = proxy_factory(open_registry, delay_seconds=1.0, fault_methods=("HEAD",))
-    service = await start(_config(("open", proxy.url)), Clock())
-    resolver = service.resolver
-    image = open_registry.images[ALPINE]
-
-    calls = [
-        asyncio.create_task(resolver.resolve_upstream("r", image.manifest_path)) for _ in range(3)
-    ]
-    await _until(lambda: resolver.checks_in_flight == 1)
+async def test_a_shared_check_stops_when_every_caller_has_gone(held: HeldFactory) -> None:
+    h = await held(1.0)
+    resolver = h.resolver
+    calls = [await h.first_in_flight(caller_remaining=10)]
+    calls += [asyncio.create_task(resolver.resolve_upstream("r", h.path)) for _ in range(2)]
+    await _settle()  # both have joined
     calls[0].cancel()  # the first caller goes: the others still wait for its check
-    await asyncio.sleep(0)
+    await _settle()
+    assert calls[0].cancelled()
     assert resolver.checks_in_flight == 1
     for call in calls[1:]:
         call.cancel()
     await asyncio.gather(*calls, return_exceptions=True)
     await _until(lambda: resolver.checks_in_flight == 0)
-    assert (
-        await resolver.resolve_cache.get(
-            resolver.resolve_cache.key(resolver.registry("r"), _parsed(image.manifest_path)),
-            "r",
-            immutable=False,
-        )
-        is None
-    ), "nothing was remembered from a check nobody waited for"
+    cache = resolver.resolve_cache
+    key = cache.key(resolver.registry("r"), parse_path(h.path))
+    assert await cache.get(key, "r", immutable=False) is None, (
+        "nothing was remembered from a check nobody waited for"
+    )
 
 
 # --------------------------------------------------------------------------- hits
