@@ -73,7 +73,7 @@ def _servers(args: argparse.Namespace, config: Path, logs: Path) -> dict[str, Se
 
 def _round(server: ServerProcess, args: argparse.Namespace, out: Path) -> dict[str, float]:
     method, request, in_flight = SCENARIOS[args.scenario]
-    common: dict[str, Any] = {"connections": 4, "concurrency": in_flight}
+    common: dict[str, Any] = {"connections": 4, "concurrency": args.in_flight or in_flight}
     run_ghz(server.target, method, dict(request), out=out / "warmup.json",
             total=max(args.calls // 5, 500), **common)  # fmt: skip
     before = cpu_seconds(server.pids())
@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--calls", type=int, default=4000, help="measured calls per round")
     parser.add_argument("--rps", type=float, default=None, help="a fixed offered rate")
+    parser.add_argument(
+        "--in-flight", type=int, default=None,
+        help="calls in flight (the scenario's own by default: 64, or 16 for cold)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     work = OUT / "ab"
     logs = work / "logs"
