@@ -91,7 +91,7 @@ class Resolver:
         # UrlFor's answers depend on the configuration alone: its repeats check this count.
         self.configs_applied = 0
         # Identical misses in flight, keyed by their resolution-cache key.
-        self._checks: SharedCalls[Resolution] = SharedCalls(retry_on=ResolveDeadlineExceeded)
+        self._checks: SharedCalls[Resolution] = SharedCalls()
 
     @property
     def changes(self) -> int:

@@ -12,10 +12,6 @@ from vregistry_server.oci.http import Budget
 from vregistry_server.oci.singleflight import JoinTimedOut, SharedCalls
 
 
-class Ended(Exception):
-    """What the first caller's deadline ending its call raises (``retry_on``)."""
-
-
 class Call:
     """A call that counts its starts and ends when ``release`` is set."""
 
@@ -47,7 +43,7 @@ async def _settle() -> None:
 
 
 async def test_callers_of_one_key_share_one_call() -> None:
-    shared: SharedCalls[str] = SharedCalls(retry_on=Ended)
+    shared: SharedCalls[str] = SharedCalls()
     call = Call()
     waiters = [asyncio.create_task(shared.run("k", _long(), call)) for _ in range(5)]
     await _settle()
@@ -59,7 +55,7 @@ async def test_callers_of_one_key_share_one_call() -> None:
 
 
 async def test_other_keys_and_later_calls_are_not_shared() -> None:
-    shared: SharedCalls[str] = SharedCalls(retry_on=Ended)
+    shared: SharedCalls[str] = SharedCalls()
     call = Call()
     call.release.set()
     assert await asyncio.gather(shared.run("a", _long(), call), shared.run("b", _long(), call))
@@ -69,7 +65,7 @@ async def test_other_keys_and_later_calls_are_not_shared() -> None:
 
 
 async def test_a_joiner_gives_up_at_its_own_deadline_and_the_call_goes_on() -> None:
-    shared: SharedCalls[str] = SharedCalls(retry_on=Ended)
+    shared: SharedCalls[str] = SharedCalls()
     call = Call()
     first = asyncio.create_task(shared.run("k", _long(), call))
     await _settle()
@@ -82,7 +78,7 @@ async def test_a_joiner_gives_up_at_its_own_deadline_and_the_call_goes_on() -> N
 
 
 async def test_what_the_call_raises_reaches_every_caller() -> None:
-    shared: SharedCalls[str] = SharedCalls(retry_on=Ended)
+    shared: SharedCalls[str] = SharedCalls()
     call = Call(error=LookupError("not there"))
     waiters = [asyncio.create_task(shared.run("k", _long(), call)) for _ in range(3)]
     await _settle()
@@ -93,7 +89,7 @@ async def test_what_the_call_raises_reaches_every_caller() -> None:
 
 
 async def test_a_timeout_of_the_call_itself_is_not_a_joiners_own() -> None:
-    shared: SharedCalls[str] = SharedCalls(retry_on=Ended)
+    shared: SharedCalls[str] = SharedCalls()
     call = Call(error=TimeoutError("the call's own"))
     first = asyncio.create_task(shared.run("k", _long(), call))
     await _settle()
@@ -109,15 +105,18 @@ async def test_a_timeout_of_the_call_itself_is_not_a_joiners_own() -> None:
 async def test_a_joiner_with_time_left_calls_again_when_the_first_callers_deadline_ended_it() -> (
     None
 ):
-    shared: SharedCalls[str] = SharedCalls(retry_on=Ended)
-    ended = Call(error=Ended())
+    shared: SharedCalls[str] = SharedCalls()
+    ended = Call(error=LookupError("timed out at the first caller's deadline"))
     own = Call(result="its own answer")
-    first = asyncio.create_task(shared.run("k", Budget.start(0.5), ended))
+    short = Budget.start(10.0, caller_remaining=0.2)
+    first = asyncio.create_task(shared.run("k", short, ended))
     await _settle()
     joiner = asyncio.create_task(shared.run("k", _long(), own))
     await _settle()
+    await asyncio.sleep(short.remaining() + 0.01)  # the first caller's deadline passes
+    assert short.ran_out_for_the_caller()
     ended.release.set()
-    with pytest.raises(Ended):
+    with pytest.raises(LookupError):
         await first  # the first caller gets what its call raised, as when alone
     await _settle()
     assert own.started == 1, "the joiner made its own call"
@@ -126,7 +125,7 @@ async def test_a_joiner_with_time_left_calls_again_when_the_first_callers_deadli
 
 
 async def test_the_call_goes_on_while_anybody_waits_and_stops_when_nobody_does() -> None:
-    shared: SharedCalls[str] = SharedCalls(retry_on=Ended)
+    shared: SharedCalls[str] = SharedCalls()
     call = Call()
     waiters = [asyncio.create_task(shared.run("k", _long(), call)) for _ in range(3)]
     await _settle()
@@ -142,7 +141,7 @@ async def test_the_call_goes_on_while_anybody_waits_and_stops_when_nobody_does()
 
 
 async def test_a_lone_caller_that_goes_cancels_its_call() -> None:
-    shared: SharedCalls[str] = SharedCalls(retry_on=Ended)
+    shared: SharedCalls[str] = SharedCalls()
     call = Call()
     only = asyncio.create_task(shared.run("k", _long(), call))
     await _settle()

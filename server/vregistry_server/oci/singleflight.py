@@ -48,23 +48,23 @@ class JoinTimedOut(TimeoutError):
 @dataclass(slots=True)
 class _Shared(Generic[T]):
     task: asyncio.Task[T]
+    budget: Budget  # its first caller's
     waiting: int = 0
 
 
 class SharedCalls(Generic[T]):
     """One call per key in flight; every caller of the key waits on that one.
 
-    The first caller's ``call`` runs, on its own budget, exactly as it would alone
-    (what it raises is what it gets). A caller that joins waits no longer than its
-    ``budget`` (``JoinTimedOut`` then), and when the call raised ``retry_on`` while
-    that caller still has time (the first caller's deadline ended it, not its own)
-    the joiner makes its own call. The call is cancelled once nobody waits for it,
-    as a lone caller's work is when that caller goes away.
+    The first caller's ``call`` runs, on that caller's budget, exactly as it would
+    alone (what it raises is what that caller gets). A caller that joins waits no
+    longer than its own ``budget`` (``JoinTimedOut`` then); when the call failed after
+    the first caller's deadline had passed (which may well be why it failed) and the
+    joiner still has time, the joiner makes its own call. The call is cancelled once
+    nobody waits for it, as a lone caller's work is when that caller goes away.
     """
 
-    def __init__(self, retry_on: type[BaseException]) -> None:
+    def __init__(self) -> None:
         self._running: dict[str, _Shared[T]] = {}
-        self._retry_on = retry_on
 
     def __len__(self) -> int:
         """The calls in flight."""
@@ -73,16 +73,18 @@ class SharedCalls(Generic[T]):
     async def run(self, key: str, budget: Budget, call: Callable[[], Awaitable[T]]) -> T:
         shared = self._running.get(key)
         if shared is None or shared.task.done():
-            return await self._wait(self._start(key, call), None)
+            return await self._wait(self._start(key, budget, call), None)
         try:
             return await self._wait(shared, budget)
-        except self._retry_on:
-            if budget.remaining() <= 0:
+        except JoinTimedOut:
+            raise
+        except Exception:
+            if not shared.budget.ran_out_for_the_caller() or budget.remaining() <= 0:
                 raise
         return await self.run(key, budget, call)
 
-    def _start(self, key: str, call: Callable[[], Awaitable[T]]) -> _Shared[T]:
-        shared = _Shared(asyncio.ensure_future(call()))
+    def _start(self, key: str, budget: Budget, call: Callable[[], Awaitable[T]]) -> _Shared[T]:
+        shared = _Shared(asyncio.ensure_future(call()), budget)
         self._running[key] = shared
         shared.task.add_done_callback(lambda done: self._finished(key, shared))
         return shared
