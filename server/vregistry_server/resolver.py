@@ -91,7 +91,9 @@ class Resolver:
         # UrlFor's answers depend on the configuration alone: its repeats check this count.
         self.configs_applied = 0
         # Identical misses in flight, keyed by their resolution-cache key.
-        self._checks: SharedCalls[Resolution] = SharedCalls()
+        self._checks: SharedCalls[Resolution] = SharedCalls(
+            on_join=lambda: observer.resolve_check("joined")
+        )
 
     @property
     def changes(self) -> int:
@@ -303,6 +305,7 @@ class Resolver:
 
     async def _check(self, registry: Registry, parsed: RegistryPath, budget: Budget) -> Resolution:
         """Ask the upstreams (no cache)."""
+        self.observer.resolve_check("checked")
         checked_at = self.resolve_cache.now()
         try:
             resolution = await self.prober.resolve(registry, parsed, budget)

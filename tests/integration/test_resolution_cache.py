@@ -101,6 +101,11 @@ def _config(*members: tuple[str, str], registry: str = "r", **settings: Any) -> 
     return make_config(entries, {registry: [m[0] for m in members]}, env=env, **settings)
 
 
+def _checks_count(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("vregistry_resolve_checks_total", {"outcome": outcome})
+    return value or 0.0
+
+
 def _resolve_cache_count(layer: str, result: str) -> float:
     value = REGISTRY.get_sample_value(
         "vregistry_resolve_cache_requests_total", {"layer": layer, "result": result}
@@ -174,8 +179,11 @@ async def test_identical_misses_in_flight_share_one_check_of_the_upstreams(
     image = open_registry.images[ALPINE]
     head = ("HEAD", f"/v2/{image.manifest_path}")
 
+    checked, joined = _checks_count("checked"), _checks_count("joined")
+
     answers = await asyncio.gather(*(service.resolve("r", image.manifest_path) for _ in range(20)))
     assert proxy.count(*head) == 1, "20 identical misses, one upstream check"
+    assert (_checks_count("checked"), _checks_count("joined")) == (checked + 1, joined + 19)
     assert {(a.digest, a.url, a.upstream.id) for a in answers} == {
         (image.digest, f"{proxy.url}/v2/{image.manifest_path}", "open")
     }
@@ -187,6 +195,7 @@ async def test_identical_misses_in_flight_share_one_check_of_the_upstreams(
     )
     assert proxy.count(*head) == 1 + 3
     assert all(not a.cache_hit for a in refreshed)
+    assert (_checks_count("checked"), _checks_count("joined")) == (checked + 4, joined + 19)
 
 
 async def test_a_caller_that_joined_waits_no_longer_than_its_own_deadline(

@@ -43,7 +43,8 @@ async def _settle() -> None:
 
 
 async def test_callers_of_one_key_share_one_call() -> None:
-    shared: SharedCalls[str] = SharedCalls()
+    joins: list[None] = []
+    shared: SharedCalls[str] = SharedCalls(on_join=lambda: joins.append(None))
     call = Call()
     waiters = [asyncio.create_task(shared.run("k", _long(), call)) for _ in range(5)]
     await _settle()
@@ -51,6 +52,7 @@ async def test_callers_of_one_key_share_one_call() -> None:
     call.release.set()
     assert await asyncio.gather(*waiters) == ["answer"] * 5
     assert call.started == 1
+    assert len(joins) == 4, "every caller but the first joined"
     assert len(shared) == 0
 
 

@@ -34,6 +34,10 @@ class Observer:
         ``negative`` (a cached miss), ``expired`` (re-checked), ``stale`` (served expired while
         the upstreams are down), ``miss`` or ``error`` (Redis unreachable)."""
 
+    def resolve_check(self, outcome: str) -> None:
+        """A ResolveUpstream call not answered from the cache: ``checked`` (it asked the
+        upstreams) or ``joined`` (it waited for an identical call's check instead)."""
+
     def probe(self, upstream_id: str, outcome: str, seconds: float) -> None:
         """One upstream checked for ResolveUpstream, with its outcome and duration."""
 

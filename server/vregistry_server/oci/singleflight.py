@@ -63,8 +63,9 @@ class SharedCalls(Generic[T]):
     nobody waits for it, as a lone caller's work is when that caller goes away.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_join: Callable[[], None] = lambda: None) -> None:
         self._running: dict[str, _Shared[T]] = {}
+        self._on_join = on_join  # told of every caller that waits for another's call
 
     def __len__(self) -> int:
         """The calls in flight."""
@@ -74,6 +75,7 @@ class SharedCalls(Generic[T]):
         shared = self._running.get(key)
         if shared is None or shared.task.done():
             return await self._wait(self._start(key, budget, call), None)
+        self._on_join()
         try:
             return await self._wait(shared, budget)
         except JoinTimedOut:

@@ -156,6 +156,12 @@ RESOLVE_CACHE = PlainCounter(
     " negative, expired, stale, miss, error).",
     ["layer", "result"],
 )
+RESOLVE_CHECKS = PlainCounter(
+    "vregistry_resolve_checks_total",
+    "ResolveUpstream calls not answered from the resolution cache, by outcome: checked (the"
+    " call asked the upstreams), joined (it waited for an identical call's check instead).",
+    ["outcome"],
+)
 TOKEN_CACHE_DEGRADED = Gauge(
     "vregistry_token_cache_degraded",
     "1 while Redis is unreachable and tokens are held in process memory only.",
@@ -223,6 +229,11 @@ def _resolve_cache_child(layer: str, result: str) -> PlainCounterChild:
     return RESOLVE_CACHE.labels(layer, result)
 
 
+@functools.lru_cache(maxsize=8)
+def _resolve_check_child(outcome: str) -> PlainCounterChild:
+    return RESOLVE_CHECKS.labels(outcome)
+
+
 class PrometheusObserver(Observer):
     """The OCI layer's events and every RPC, as the series above."""
 
@@ -245,6 +256,9 @@ class PrometheusObserver(Observer):
 
     def resolve_cache(self, layer: str, result: str) -> None:
         _resolve_cache_child(layer, result).value += 1
+
+    def resolve_check(self, outcome: str) -> None:
+        _resolve_check_child(outcome).value += 1
 
     def token_cache_degraded(self, degraded: bool) -> None:
         TOKEN_CACHE_DEGRADED.set(1 if degraded else 0)
