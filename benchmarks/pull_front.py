@@ -16,10 +16,14 @@ examples/pull-front is built once (`go build` into a temp dir) and started once 
 ``crane pull --insecure --format=oci`` into a fresh directory (its digests checked): the first
 with the resolution cache (and token cache) cold, the others warm. Unless ``--no-restart``,
 vregistry-server is then restarted on the same port (every cache empty, the front and its
-gRPC channel kept) and each image pulled once more ("restart"). Per pull: wall time, upstream
-requests by kind (proxy counts), token requests (the token server's), RPCs by method (the
-server's ``vregistry_rpc_requests_total``, before/after), the front's ``request`` log lines
-(count, sum of ``rpcs``, cache hits) and bytes written. A table on stdout, the JSON in
+gRPC channel kept) and each image pulled once more ("restart"). Then (``--at-once N``, 4;
+1 for none) the server is restarted once more and each image is pulled by N cranes started
+together ("N at once": a new image pulled by many nodes at the same moment). Per pull (or per
+group pulled at once, summed): wall time, upstream requests by kind (proxy counts), token
+requests (the token server's), RPCs by method (the server's ``vregistry_rpc_requests_total``,
+before/after), the server's ``vregistry_resolve_checks_total`` (checks made, calls that joined
+an identical call's check), the front's ``request`` log lines (count, sum of ``rpcs``, cache
+hits) and bytes written. A table on stdout, the JSON in
 benchmarks/out/pull-front-latest.json.
 """
 
@@ -124,18 +128,29 @@ def front_log(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def rpc_counts(world: PullWorld) -> Counter[str]:
-    """``vregistry_rpc_requests_total`` summed by method (every status code)."""
+def counter_totals(world: PullWorld, family_name: str, label: str) -> Counter[str]:
+    """A counter of the server's metrics summed by one label (``family_name`` without
+    ``_total``); the label's last ``/``-part (a gRPC method's name)."""
     url = f"http://127.0.0.1:{world.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     counts: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
-        if family.name == "vregistry_rpc_requests":
+        if family.name == family_name:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    counts[sample.labels["method"].rsplit("/", 1)[-1]] += int(sample.value)
+                    counts[sample.labels[label].rsplit("/", 1)[-1]] += int(sample.value)
     return counts
+
+
+def rpc_counts(world: PullWorld) -> Counter[str]:
+    """``vregistry_rpc_requests_total`` summed by method (every status code)."""
+    return counter_totals(world, "vregistry_rpc_requests", "method")
+
+
+def check_counts(world: PullWorld) -> Counter[str]:
+    """``vregistry_resolve_checks_total`` by outcome (checked, joined)."""
+    return counter_totals(world, "vregistry_resolve_checks", "outcome")
 
 
 def reset_counters(world: PullWorld) -> None:
@@ -171,22 +186,35 @@ def check_layout(layout: Path, image: PushedImage) -> int:
     return total
 
 
-def one_pull(
+def pulls_at_once(
     world: PullWorld, crane: Path, env: dict[str, str], front: str, front_log_path: Path,
-    image: PushedImage, dest: Path, phase: str,
+    image: PushedImage, dests: list[Path], phase: str,
 ) -> dict[str, Any]:  # fmt: skip
+    """``len(dests)`` crane pulls of ``image`` started together; the counts are their sum."""
     reset_counters(world)
-    rpcs_before = rpc_counts(world)
+    rpcs_before, checks_before = rpc_counts(world), check_counts(world)
     log_before = len(front_log(front_log_path))
     started = time.perf_counter()
-    subprocess.run(
-        [str(crane), "pull", "--insecure", "--format=oci", f"{front}/{image.reference}", str(dest)],
-        env=env, check=True, capture_output=True, timeout=PULL_TIMEOUT,
-    )  # fmt: skip
+    argv = [str(crane), "pull", "--insecure", "--format=oci", f"{front}/{image.reference}"]
+    processes = [
+        subprocess.Popen(
+            [*argv, str(dest)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for dest in dests
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=PULL_TIMEOUT)
+        if process.returncode != 0:
+            raise RuntimeError(f"crane pull failed ({process.returncode}): {stderr.decode()}")
     wall = time.perf_counter() - started
     time.sleep(0.2)  # the front writes its last "request" line after the response ends
-    pulled_bytes = check_layout(dest, image)
+    pulled_bytes = sum(check_layout(dest, image) for dest in dests)
     rpcs = rpc_counts(world) - rpcs_before
+    checks = check_counts(world) - checks_before
     requests = [
         line for line in front_log(front_log_path)[log_before:] if line.get("msg") == "request"
     ]
@@ -194,12 +222,14 @@ def one_pull(
     return {
         "image": image.reference,
         "phase": phase,
+        "pulls_at_once": len(dests),
         "wall_s": round(wall, 3),
         "upstream_requests": sum(sum(k.values()) for k in upstream.values()),
         "upstream_by_kind": upstream,
         "token_requests": world.token_server.request_count,
         "rpcs": sum(rpcs.values()),
         "rpcs_by_method": dict(sorted(rpcs.items())),
+        "resolve_checks": {"checked": checks["checked"], "joined": checks["joined"]},
         "front_requests": len(requests),
         "front_rpcs": sum(int(line.get("rpcs", 0)) for line in requests),
         "front_cache_hits": sum(1 for line in requests if line.get("cache_hit")),
@@ -208,7 +238,7 @@ def one_pull(
     }
 
 
-def run(pulls: int, layers: int, layer_size: int, restart: bool) -> dict[str, Any]:
+def run(pulls: int, layers: int, layer_size: int, restart: bool, at_once: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vreg-bench-pull-"))
     results: list[dict[str, Any]] = []
     try:
@@ -227,13 +257,14 @@ def run(pulls: int, layers: int, layer_size: int, restart: bool) -> dict[str, An
             with running_front(binary, world, front_log_path) as front:
                 pulled = 0
 
-                def pull(name: str, phase: str) -> None:
+                def pull(name: str, phase: str, count: int = 1) -> None:
                     nonlocal pulled
-                    pulled += 1
-                    dest = workdir / f"pull-{pulled}"
+                    dests = [workdir / f"pull-{pulled + n + 1}" for n in range(count)]
+                    pulled += count
                     args = (world, crane, env, front, front_log_path, world.images[name])
-                    results.append(one_pull(*args, dest, phase))
-                    shutil.rmtree(dest)
+                    results.append(pulls_at_once(*args, dests, phase))
+                    for dest in dests:
+                        shutil.rmtree(dest)
 
                 for name in IMAGES:
                     for i in range(pulls):
@@ -242,6 +273,12 @@ def run(pulls: int, layers: int, layer_size: int, restart: bool) -> dict[str, An
                     world.restart_server()
                     for name in IMAGES:
                         pull(name, "restart")
+                if at_once > 1:
+                    # Every cache empty again, then one image pulled by many nodes at once:
+                    # their identical ResolveUpstream misses share one check each.
+                    world.restart_server()
+                    for name in IMAGES:
+                        pull(name, f"{at_once} at once", at_once)
             logs = world.server_logs() + front_log_path.read_text(errors="replace")
             leaked = any(secret in logs for secret in world.secrets)
             OUT.mkdir(exist_ok=True)
@@ -291,7 +328,8 @@ def machine() -> dict[str, Any]:
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (
         f"{'image':<20} {'phase':<8} {'wall s':>7} {'upstream':>8} {'tokens':>6} {'rpcs':>5} "
-        f"{'front req':>9} {'front rpcs':>10} {'MB':>6}  upstream requests by kind"
+        f"{'front req':>9} {'front rpcs':>10} {'MB':>6} {'checked/joined':>14}  "
+        "upstream requests by kind"
     )
     print(header)
     for row in results:
@@ -303,7 +341,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{row['image']:<20} {row['phase']:<8} {row['wall_s']:>7.3f} "
             f"{row['upstream_requests']:>8} {row['token_requests']:>6} {row['rpcs']:>5} "
             f"{row['front_requests']:>9} {row['front_rpcs']:>10} "
-            f"{row['pulled_bytes'] / 1e6:>6.2f}  {kinds}"
+            f"{row['pulled_bytes'] / 1e6:>6.2f} "
+            f"{row['resolve_checks']['checked']:>7}/{row['resolve_checks']['joined']:<6}  {kinds}"
         )
 
 
@@ -313,9 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--layer-size", type=int, default=1024 * 1024, help="bytes per layer")
     parser.add_argument("--no-restart", action="store_true", help="skip the restart variant")
+    parser.add_argument(
+        "--at-once", type=int, default=4,
+        help="after a restart, this many pulls of each image started together (1: none)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    measured = run(args.pulls, args.layers, args.layer_size, not args.no_restart)
+    measured = run(args.pulls, args.layers, args.layer_size, not args.no_restart, args.at_once)
     print_table(measured["pulls"])
     OUT.mkdir(exist_ok=True)
     report = {
