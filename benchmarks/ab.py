@@ -8,7 +8,11 @@ registries, token server, delaying proxies: ``benchmarks/environment.py``). Roun
 interleaved and their order reversed every other round; each round warms up, then measures
 the **server CPU per call** (utime + stime of the process tree, from /proc) and req/s. On a
 shared VM the same code moves by tens of percent between rounds at saturation, so read
-many-round medians, and prefer ``--rps`` (a fixed offered rate) for small differences.
+many-round medians, and prefer ``--rps`` (a fixed offered rate) for small differences. A
+process also keeps its own luck (hash seed, memory layout) through every round: three
+processes of one tree gave x0.95, x1.12 and x1.05; ``--fresh`` starts a new process of every
+variant and of the baseline for each round (benchmarks/RESULTS.md, "Saturated, one process is
+not one sample").
 
     .venv/bin/python -m benchmarks.ab --scenario hot --rounds 12 --calls 4000 \\
         --variant now=- --variant before=/tmp/before [--variant uv=-@uvloop] [--rps 1500]
@@ -23,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +63,31 @@ SCENARIOS: dict[str, tuple[str, Any, int]] = {
 }
 
 
-def _servers(args: argparse.Namespace, config: Path, logs: Path) -> dict[str, ServerProcess]:
-    servers: dict[str, ServerProcess] = {}
+def _starters(
+    args: argparse.Namespace, config: Path, logs: Path
+) -> dict[str, Callable[[], ServerProcess]]:
+    """How to start each process of the A/B: the baseline, then the variants."""
+
+    def variant(name: str, directory: str, loop: str) -> Callable[[], ServerProcess]:
+        def start() -> ServerProcess:
+            server = service_process(config, logs, name=f"ab-{name}", loop=loop or "asyncio")
+            if directory not in ("", "-"):
+                server.env["PYTHONPATH"] = str(Path(directory).resolve())
+            return server.start()
+
+        return start
+
+    variants = {}
     for spec in args.variant:
         name, _, target = spec.partition("=")
         directory, _, loop = target.partition("@")
-        server = service_process(config, logs, name=f"ab-{name}", loop=loop or "asyncio")
-        if directory not in ("", "-"):
-            server.env["PYTHONPATH"] = str(Path(directory).resolve())
-        servers[name] = server.start()
-    sizes = response_sizes(next(iter(servers.values())).target)
-    return {"baseline": baseline_process(logs, sizes).start(), **servers}
+        variants[name] = variant(name, directory, loop)
+    sizing = next(iter(variants.values()))()
+    try:
+        sizes = response_sizes(sizing.target)
+    finally:
+        sizing.stop()
+    return {"baseline": lambda: baseline_process(logs, sizes).start(), **variants}
 
 
 def _round(server: ServerProcess, args: argparse.Namespace, out: Path) -> dict[str, float]:
@@ -96,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=4000, help="measured calls per round")
     parser.add_argument("--rps", type=float, default=None, help="a fixed offered rate")
     parser.add_argument(
+        "--fresh", action="store_true",
+        help="a new process of the baseline and of each variant for every round",
+    )  # fmt: skip
+    parser.add_argument(
         "--in-flight", type=int, default=None,
         help="calls in flight (the scenario's own by default: 64, or 16 for cold)",
     )  # fmt: skip
@@ -105,14 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     rounds: dict[str, list[dict[str, float]]] = {}
     with environment(work) as env:
-        servers = _servers(args, env.config("ab"), logs)
+        starters = _starters(args, env.config("ab"), logs)
+        # --fresh: a new process for every round, so that no process's own luck (its hash
+        # seed, its memory layout) weighs on every round of its variant.
+        servers = {} if args.fresh else {name: start() for name, start in starters.items()}
         try:
             for number in range(args.rounds):
-                order = list(servers.items())
+                order = list(starters)
                 if number % 2:
                     order.reverse()
-                for name, server in order:
-                    row = _round(server, args, work)
+                for name in order:
+                    server = servers[name] if not args.fresh else starters[name]()
+                    try:
+                        row = _round(server, args, work)
+                    finally:
+                        if args.fresh:
+                            server.stop()
                     rounds.setdefault(name, []).append(row)
                     print(f"round {number + 1} {name}: {row['us_per_call']:.0f} µs/call, "
                           f"{row['rps']:.0f} req/s, p99 {row['p99_ms']:.1f} ms", flush=True)  # fmt: skip
