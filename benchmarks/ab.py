@@ -131,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         starters = _starters(args, env.config("ab"), logs)
         # --fresh: a new process for every round, so that no process's own luck (its hash
         # seed, its memory layout) weighs on every round of its variant.
-        servers = {} if args.fresh else {name: start() for name, start in starters.items()}
+        servers: dict[str, ServerProcess] = {}
         try:
+            if not args.fresh:
+                for name, start in starters.items():
+                    servers[name] = start()  # inside the try: a failed start stops the others
             for number in range(args.rounds):
                 order = list(starters)
                 if number % 2:
