@@ -16,6 +16,7 @@ import grpc
 import pytest
 import redis
 
+from tests.support.admin import until
 from tests.support.processes import RedisServer
 from tests.support.proxy import Proxy, ProxyFactory
 from tests.support.registry import RegistryServer
@@ -118,13 +119,6 @@ def _resolve_cache_count(layer: str, result: str) -> float:
 # upstreams. The HEAD is held at the proxy so that the calls overlap for sure.
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def _settle() -> None:
     """Let the tasks just made or cancelled run up to where they wait."""
     for _ in range(10):
@@ -153,7 +147,7 @@ class Held:
         first = asyncio.create_task(
             self.resolver.resolve_upstream("r", self.path, caller_remaining=caller_remaining)
         )
-        await _until(lambda: self.resolver.checks_in_flight == 1)
+        await until(lambda: self.resolver.checks_in_flight == 1, 5.0)
         return first
 
 
@@ -241,7 +235,7 @@ async def test_a_shared_check_stops_when_every_caller_has_gone(held: HeldFactory
     for call in calls[1:]:
         call.cancel()
     await asyncio.gather(*calls, return_exceptions=True)
-    await _until(lambda: resolver.checks_in_flight == 0)
+    await until(lambda: resolver.checks_in_flight == 0, 5.0)
     cache = resolver.resolve_cache
     key = cache.key(resolver.registry("r"), parse_path(h.path))
     assert await cache.get(key, "r", immutable=False) is None, (
