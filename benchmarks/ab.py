@@ -63,10 +63,10 @@ SCENARIOS: dict[str, tuple[str, Any, int]] = {
 }
 
 
-def _starters(
+def _variants(
     args: argparse.Namespace, config: Path, logs: Path
 ) -> dict[str, Callable[[], ServerProcess]]:
-    """How to start each process of the A/B: the baseline, then the variants."""
+    """How to start each variant's process (``--variant NAME=DIR[@LOOP]``)."""
 
     def variant(name: str, directory: str, loop: str) -> Callable[[], ServerProcess]:
         def start() -> ServerProcess:
@@ -82,12 +82,16 @@ def _starters(
         name, _, target = spec.partition("=")
         directory, _, loop = target.partition("@")
         variants[name] = variant(name, directory, loop)
-    sizing = next(iter(variants.values()))()
+    return variants
+
+
+def _sizes_of(start: Callable[[], ServerProcess]) -> dict[str, int]:
+    """The response sizes of a process started only to ask them (with --fresh)."""
+    sizing = start()
     try:
-        sizes = response_sizes(sizing.target)
+        return response_sizes(sizing.target)
     finally:
         sizing.stop()
-    return {"baseline": lambda: baseline_process(logs, sizes).start(), **variants}
 
 
 def _round(server: ServerProcess, args: argparse.Namespace, out: Path) -> dict[str, float]:
@@ -128,14 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     rounds: dict[str, list[dict[str, float]]] = {}
     with environment(work) as env:
-        starters = _starters(args, env.config("ab"), logs)
+        variants = _variants(args, env.config("ab"), logs)
         # --fresh: a new process for every round, so that no process's own luck (its hash
         # seed, its memory layout) weighs on every round of its variant.
         servers: dict[str, ServerProcess] = {}
         try:
-            if not args.fresh:
-                for name, start in starters.items():
+            if args.fresh:
+                sizes = _sizes_of(next(iter(variants.values())))
+            else:
+                for name, start in variants.items():
                     servers[name] = start()  # inside the try: a failed start stops the others
+                sizes = response_sizes(next(iter(servers.values())).target)
+            # The baseline answers with the service's response sizes, so it starts after them.
+            starters = {"baseline": lambda: baseline_process(logs, sizes).start(), **variants}
+            if not args.fresh:
+                servers = {"baseline": starters["baseline"](), **servers}
             for number in range(args.rounds):
                 order = list(starters)
                 if number % 2:
