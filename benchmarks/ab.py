@@ -94,7 +94,8 @@ def _sizes_of(start: Callable[[], ServerProcess]) -> dict[str, int]:
         sizing.stop()
 
 
-def _round(server: ServerProcess, args: argparse.Namespace, out: Path) -> dict[str, float]:
+def measure_round(server: ServerProcess, args: argparse.Namespace, out: Path) -> dict[str, float]:
+    """One round of ``args.scenario`` on ``server``: warm-up, then CPU per call and req/s."""
     method, request, in_flight = SCENARIOS[args.scenario]
     common: dict[str, Any] = {"connections": 4, "concurrency": args.in_flight or in_flight}
     run_ghz(server.target, method, dict(request), out=out / "warmup.json",
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     server = servers[name] if not args.fresh else starters[name]()
                     try:
-                        row = _round(server, args, work)
+                        row = measure_round(server, args, work)
                     finally:
                         if args.fresh:
                             server.stop()
