@@ -63,7 +63,7 @@ SCENARIOS: dict[str, tuple[str, Any, int]] = {
 }
 
 
-def _variants(
+def variant_starters(
     args: argparse.Namespace, config: Path, logs: Path
 ) -> dict[str, Callable[[], ServerProcess]]:
     """How to start each variant's process (``--variant NAME=DIR[@LOOP]``)."""
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     rounds: dict[str, list[dict[str, float]]] = {}
     with environment(work) as env:
-        variants = _variants(args, env.config("ab"), logs)
+        variants = variant_starters(args, env.config("ab"), logs)
         # --fresh: a new process for every round, so that no process's own luck (its hash
         # seed, its memory layout) weighs on every round of its variant.
         servers: dict[str, ServerProcess] = {}

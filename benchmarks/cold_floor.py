@@ -14,9 +14,11 @@ egress checks, no metrics, no audit line, no circuit breakers: the protocol work
 
 The service, the floors and the bare baseline (whose ResolveUpstream answers at once) run in
 the benchmark's environment (``benchmarks/environment.py``) under the cold scenario's load,
-in interleaved rounds (``benchmarks.ab``'s measurement: server CPU per call from /proc).
+in interleaved rounds (``benchmarks.ab``'s measurement: server CPU per call from /proc);
+``--variant NAME=DIR`` adds copies of ``vregistry_server`` (as ``benchmarks.ab``'s), e.g. with
+one layer taken out, to see what each layer costs against the floor.
 
-    .venv/bin/python -m benchmarks.cold_floor [--rounds 4 --calls 800]
+    .venv/bin/python -m benchmarks.cold_floor [--rounds 4 --calls 800] [--variant NAME=DIR]
 
 Results: every round and the medians on stdout, ``benchmarks/out/cold-floor-<time>.json``.
 """
@@ -73,6 +75,7 @@ class _HeadConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[int] | None = None
+        self.pool: list[_HeadConnection] = []  # the idle connections it returns to
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -90,27 +93,41 @@ class _HeadConnection(asyncio.Protocol):
             waiter.set_result(status)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self in self.pool:  # closed while idle (the proxy's keep-alive timeout)
+            self.pool.remove(self)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionError("upstream closed the connection"))
 
 
 class _Upstream:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str) -> None:
+        self.url = url
         parts = urllib.parse.urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.request = (
-            f"HEAD /v2/{HOT_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        self.request = self._request(_bearer_token(url))
+        self.idle: list[_HeadConnection] = []
+
+    def _request(self, token: str) -> bytes:
+        return (
+            f"HEAD /v2/{HOT_PATH} HTTP/1.1\r\nHost: {urllib.parse.urlsplit(self.url).netloc}\r\n"
             f"Accept: {MANIFEST_ACCEPT}\r\nAuthorization: Bearer {token}\r\n"
             "User-Agent: cold-floor\r\n\r\n"
         ).encode()
-        self.idle: list[_HeadConnection] = []
 
     async def head(self) -> int:
+        status = await self._head()
+        if status == 401:  # the token expired (the token server's tokens last 300 s): renew
+            self.request = self._request(await asyncio.to_thread(_bearer_token, self.url))
+            status = await self._head()
+        return status
+
+    async def _head(self) -> int:
         loop = asyncio.get_running_loop()
         if self.idle:
             connection = self.idle.pop()
         else:
             _, connection = await loop.create_connection(_HeadConnection, self.host, self.port)
+            connection.pool = self.idle
         connection.waiter = loop.create_future()
         assert connection.transport is not None
         connection.transport.write(self.request)
@@ -181,7 +198,7 @@ def _bearer_token(url: str) -> str:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    upstreams = [_Upstream(url, _bearer_token(url)) for url in args.upstream]
+    upstreams = [_Upstream(url) for url in args.upstream]
     redis = None
     if args.redis:
         host, _, port = args.redis.rpartition(":")
@@ -221,6 +238,8 @@ def _compare(args: argparse.Namespace) -> int:
         servers: dict[str, ServerProcess] = {}
         try:
             servers["service"] = service_process(env.config("floor"), logs).start()
+            for name, start in ab.variant_starters(args, env.config("floor"), logs).items():
+                servers[name] = start()
             sizes = response_sizes(servers["service"].target)
             size = sizes["ResolveUpstream"]
             starters: dict[str, Callable[[], ServerProcess]] = {
@@ -256,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", type=int, default=800, help="measured calls per round")
+    parser.add_argument(
+        "--variant", action="append", default=[],
+        help="NAME=DIR: also a copy of vregistry_server from DIR (as benchmarks.ab's)",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the floor server (started by the comparison)")
     serve.add_argument("--listen", required=True)

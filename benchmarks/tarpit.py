@@ -40,6 +40,7 @@ from benchmarks.targets import Comparison, Target, evaluate
 from tests.support.hostile import Tarpit
 from tests.support.registry import start_registry
 from tests.support.service import Service, make_config, start_service, upstream_entry
+from tests.support.waiting import until
 
 OUT = Path(__file__).parent / "out"
 PATH = "library/alpine/manifests/latest"
@@ -110,15 +111,6 @@ async def _held_call(service: Service, number: int) -> None:
         await service.resolve("slow", path, timeout=HARD_DEADLINE_SECONDS + 2)
 
 
-async def _until(predicate: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
-
-
 async def run(rounds: int, calls: int) -> dict[str, Any]:
     registry = start_registry("none")
     tarpit = Tarpit(interval=TRICKLE_SECONDS)
@@ -138,14 +130,22 @@ async def run(rounds: int, calls: int) -> dict[str, Any]:
             during: list[float] = []
             held_at_end: list[int] = []
             for _ in range(rounds):
-                assert await _until(lambda: tarpit.open_connections == 0, 15)
+                await until(
+                    lambda: tarpit.open_connections == 0, 15, shown=lambda: tarpit.open_connections
+                )
                 baseline += await _measure(service, calls)
                 held = [asyncio.create_task(_held_call(service, n)) for n in range(HELD)]
-                assert await _until(lambda: tarpit.open_connections >= HELD, 5)
+                await until(
+                    lambda: tarpit.open_connections >= HELD,
+                    5,
+                    shown=lambda: tarpit.open_connections,
+                )
                 during += await _measure(service, calls)
                 held_at_end.append(tarpit.open_connections)
                 await asyncio.gather(*held)
-            assert await _until(lambda: tarpit.open_connections == 0, 15)
+            await until(
+                lambda: tarpit.open_connections == 0, 15, shown=lambda: tarpit.open_connections
+            )
         finally:
             await service.close()
     finally:

@@ -19,9 +19,9 @@ from tests.support.admin import (
     new_keyring,
     redis_replicas,
     start_admin_service,
-    until,
 )
 from tests.support.processes import RedisServer
+from tests.support.waiting import until
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry_server.admin.crypto import DecryptError, Keyring

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -37,6 +37,7 @@ from tests.support.hostile import (
 )
 from tests.support.registry import RegistryServer
 from tests.support.service import Service, error_details, make_config, upstream_entry
+from tests.support.waiting import until
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry.v1 import upstream_service_pb2 as pb
 
@@ -380,15 +381,6 @@ async def _abandoned_call(service: Service, timeout: float = 1.0, tag: str = "he
         await service.resolve("slow", f"library/alpine/manifests/{tag}", timeout=timeout)
 
 
-async def _eventually(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
-
-
 async def test_a_tarpit_upstream_costs_its_own_budget_only(
     service_factory: object, open_registry: RegistryServer
 ) -> None:
@@ -411,7 +403,7 @@ async def test_a_tarpit_upstream_costs_its_own_budget_only(
 
         started = time.monotonic()
         slow = [asyncio.create_task(_abandoned_call(service, tag=f"held-{n}")) for n in range(20)]
-        assert await _eventually(lambda: tarpit.open_connections >= 20, 5), tarpit.open_connections
+        await until(lambda: tarpit.open_connections >= 20, 5, shown=lambda: tarpit.open_connections)
         during = [await _timed_resolve(service, "fast") for _ in range(20)]
         assert tarpit.open_connections >= 20, "the tarpit held its 20 calls during the measure"
 
@@ -430,7 +422,7 @@ async def test_a_tarpit_upstream_costs_its_own_budget_only(
         await asyncio.gather(*slow)
 
         # The hard deadline (request_timeout_seconds = 3) closes every abandoned exchange.
-        assert await _eventually(lambda: tarpit.open_connections == 0, 6), tarpit.open_connections
+        await until(lambda: tarpit.open_connections == 0, 6, shown=lambda: tarpit.open_connections)
         closed_after = time.monotonic() - started
     finally:
         tarpit.stop()
@@ -467,7 +459,7 @@ async def test_in_flight_limit_waits_within_the_budget_and_frees_up(
             asyncio.create_task(_abandoned_call(service, timeout=3.5, tag=f"held-{n}"))
             for n in range(2)
         ]
-        assert await _eventually(lambda: tarpit.open_connections >= 2, 5)
+        await until(lambda: tarpit.open_connections >= 2, 5, shown=lambda: tarpit.open_connections)
         accepted = tarpit.accepted
         with pytest.raises(grpc.aio.AioRpcError) as info:
             # its deadline ends before the held exchanges' hard deadline (3 s) frees a slot
@@ -476,7 +468,7 @@ async def test_in_flight_limit_waits_within_the_budget_and_frees_up(
         assert "max_in_flight_per_upstream" in message and "none ended" in message
         assert tarpit.accepted == accepted
         await asyncio.gather(*held)
-        assert await _eventually(lambda: tarpit.open_connections == 0, 5)
+        await until(lambda: tarpit.open_connections == 0, 5, shown=lambda: tarpit.open_connections)
         await _abandoned_call(service)  # admitted again: it reaches the tarpit
         assert tarpit.accepted > accepted
     finally:

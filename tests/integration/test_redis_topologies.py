@@ -23,11 +23,11 @@ from tests.support.admin import (
     AdminService,
     new_keyring,
     redis_replicas,
-    until,
 )
 from tests.support.certs import make_pki
 from tests.support.processes import ManagedProcess, RedisServer, free_port
 from tests.support.redis_topologies import ClusterTopology, SentinelTopology
+from tests.support.waiting import until
 from vregistry.v1 import config_service_pb2 as cpb
 from vregistry_server.admin.crypto import Keyring
 from vregistry_server.admin.records import UpstreamRecord

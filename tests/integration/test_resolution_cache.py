@@ -16,7 +16,6 @@ import grpc
 import pytest
 import redis
 
-from tests.support.admin import until
 from tests.support.processes import RedisServer
 from tests.support.proxy import Proxy, ProxyFactory
 from tests.support.registry import RegistryServer
@@ -29,6 +28,7 @@ from tests.support.service import (
     upstream_entry,
 )
 from tests.support.token_server import TokenServer
+from tests.support.waiting import settle, until
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry_server.errors import ResolveDeadlineExceeded
 from vregistry_server.model import Config, Registry, RegistryUpstream, Resolution
@@ -117,12 +117,6 @@ def _resolve_cache_count(layer: str, result: str) -> float:
 # --------------------------------------------------------------------------- misses in flight
 # A new image pulled by many nodes at once: its identical misses share one check of the
 # upstreams. The HEAD is held at the proxy so that the calls overlap for sure.
-
-
-async def _settle() -> None:
-    """Let the tasks just made or cancelled run up to where they wait."""
-    for _ in range(10):
-        await asyncio.sleep(0)
 
 
 @dataclasses.dataclass
@@ -227,9 +221,9 @@ async def test_a_shared_check_stops_when_every_caller_has_gone(held: HeldFactory
     resolver = h.resolver
     calls = [await h.first_in_flight(caller_remaining=10)]
     calls += [asyncio.create_task(resolver.resolve_upstream("r", h.path)) for _ in range(2)]
-    await _settle()  # both have joined
+    await settle()  # both have joined
     calls[0].cancel()  # the first caller goes: the others still wait for its check
-    await _settle()
+    await settle()
     assert calls[0].cancelled()
     assert resolver.checks_in_flight == 1
     for call in calls[1:]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,13 +195,3 @@ async def redis_replicas(redis_url: str) -> AsyncIterator[tuple[AdminService, Ad
     finally:
         await a.close()
         await b.close()
-
-
-async def until(predicate: Callable[[], bool], limit: float = 1.0) -> float:
-    """Seconds until ``predicate()`` holds (polled every 5 ms); AssertionError after ``limit``."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        if predicate():
-            return time.monotonic() - started
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"not seen within {limit}s")

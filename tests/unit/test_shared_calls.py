@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from tests.support.waiting import settle
 from vregistry_server.oci.http import Budget
 from vregistry_server.oci.singleflight import JoinTimedOut, SharedCalls
 
@@ -37,17 +38,12 @@ def _long() -> Budget:
     return Budget.start(10.0)
 
 
-async def _settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
 async def test_callers_of_one_key_share_one_call() -> None:
     joins: list[None] = []
     shared: SharedCalls[str] = SharedCalls(on_join=lambda: joins.append(None))
     call = Call()
     waiters = [asyncio.create_task(shared.run("k", _long(), call)) for _ in range(5)]
-    await _settle()
+    await settle()
     assert len(shared) == 1
     call.release.set()
     assert await asyncio.gather(*waiters) == ["answer"] * 5
@@ -70,7 +66,7 @@ async def test_a_joiner_gives_up_at_its_own_deadline_and_the_call_goes_on() -> N
     shared: SharedCalls[str] = SharedCalls()
     call = Call()
     first = asyncio.create_task(shared.run("k", _long(), call))
-    await _settle()
+    await settle()
     with pytest.raises(JoinTimedOut):
         await shared.run("k", Budget.start(0.05), call)
     assert not first.done() and call.cancelled == 0
@@ -83,7 +79,7 @@ async def test_what_the_call_raises_reaches_every_caller() -> None:
     shared: SharedCalls[str] = SharedCalls()
     call = Call(error=LookupError("not there"))
     waiters = [asyncio.create_task(shared.run("k", _long(), call)) for _ in range(3)]
-    await _settle()
+    await settle()
     call.release.set()
     outcomes = await asyncio.gather(*waiters, return_exceptions=True)
     assert [type(o) for o in outcomes] == [LookupError] * 3
@@ -94,9 +90,9 @@ async def test_a_timeout_of_the_call_itself_is_not_a_joiners_own() -> None:
     shared: SharedCalls[str] = SharedCalls()
     call = Call(error=TimeoutError("the call's own"))
     first = asyncio.create_task(shared.run("k", _long(), call))
-    await _settle()
+    await settle()
     joiner = asyncio.create_task(shared.run("k", _long(), call))
-    await _settle()
+    await settle()
     call.release.set()
     for task in (first, joiner):
         with pytest.raises(TimeoutError) as info:
@@ -112,15 +108,15 @@ async def test_a_joiner_with_time_left_calls_again_when_the_first_callers_deadli
     own = Call(result="its own answer")
     short = Budget.start(10.0, caller_remaining=0.2)
     first = asyncio.create_task(shared.run("k", short, ended))
-    await _settle()
+    await settle()
     joiner = asyncio.create_task(shared.run("k", _long(), own))
-    await _settle()
+    await settle()
     await asyncio.sleep(short.remaining() + 0.01)  # the first caller's deadline passes
     assert short.ran_out_for_the_caller()
     ended.release.set()
     with pytest.raises(LookupError):
         await first  # the first caller gets what its call raised, as when alone
-    await _settle()
+    await settle()
     assert own.started == 1, "the joiner made its own call"
     own.release.set()
     assert await joiner == "its own answer"
@@ -130,14 +126,14 @@ async def test_the_call_goes_on_while_anybody_waits_and_stops_when_nobody_does()
     shared: SharedCalls[str] = SharedCalls()
     call = Call()
     waiters = [asyncio.create_task(shared.run("k", _long(), call)) for _ in range(3)]
-    await _settle()
+    await settle()
     waiters[0].cancel()  # the first caller goes
-    await _settle()
+    await settle()
     assert call.cancelled == 0 and len(shared) == 1
     waiters[1].cancel()
     waiters[2].cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
-    await _settle()
+    await settle()
     assert call.cancelled == 1
     assert len(shared) == 0
 
@@ -146,9 +142,9 @@ async def test_a_lone_caller_that_goes_cancels_its_call() -> None:
     shared: SharedCalls[str] = SharedCalls()
     call = Call()
     only = asyncio.create_task(shared.run("k", _long(), call))
-    await _settle()
+    await settle()
     only.cancel()
     with pytest.raises(asyncio.CancelledError):
         await only
-    await _settle()
+    await settle()
     assert call.cancelled == 1

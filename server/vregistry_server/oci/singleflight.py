@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from vregistry_server.oci.http import Budget
 
@@ -31,14 +31,8 @@ class SingleFlight(Generic[T]):
         if task is None:
             task = asyncio.ensure_future(call())
             self._inflight[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
+            task.add_done_callback(lambda done: _finished(self._inflight, key, done, done))
         return await asyncio.shield(task)
-
-    def _finished(self, key: str, task: asyncio.Task[T]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # mark retrieved: every waiter may have given up
 
 
 class JoinTimedOut(TimeoutError):
@@ -88,7 +82,7 @@ class SharedCalls(Generic[T]):
     def _start(self, key: str, budget: Budget, call: Callable[[], Awaitable[T]]) -> _Shared[T]:
         shared = _Shared(asyncio.ensure_future(call()), budget)
         self._running[key] = shared
-        shared.task.add_done_callback(lambda done: self._finished(key, shared))
+        shared.task.add_done_callback(lambda done: _finished(self._running, key, shared, done))
         return shared
 
     @staticmethod
@@ -110,8 +104,11 @@ class SharedCalls(Generic[T]):
             if not shared.waiting and not shared.task.done():
                 shared.task.cancel()
 
-    def _finished(self, key: str, shared: _Shared[T]) -> None:
-        if self._running.get(key) is shared:
-            del self._running[key]
-        if not shared.task.cancelled():
-            shared.task.exception()  # mark retrieved: every waiter may have given up
+
+def _finished(running: dict[str, Any], key: str, entry: object, task: asyncio.Task[Any]) -> None:
+    """A shared call ended: forget it (unless a newer one holds the key), and mark its
+    outcome retrieved, since every waiter may have given up."""
+    if running.get(key) is entry:
+        del running[key]
+    if not task.cancelled():
+        task.exception()
