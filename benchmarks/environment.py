@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -154,7 +156,32 @@ class Environment:
 
 
 @contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does: by an exception in the main thread, so that every
+    process started under ``environment`` is stopped on the way out. Python's default for
+    SIGTERM kills at once, and the service, the baseline, Redis and the registries stayed
+    behind (the delaying proxies alone notice their parent's end)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def environment(workdir: Path) -> Iterator[Environment]:
+    with _stopped_by_sigterm():
+        yield from _environment(workdir)
+
+
+def _environment(workdir: Path) -> Iterator[Environment]:
     workdir.mkdir(parents=True, exist_ok=True)
     # socketserver's listen backlog is 5: under load the kernel drops SYNs past it and the
     # client retransmits a second later, which would show up as the proxies' tail latency
