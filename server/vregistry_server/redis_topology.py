@@ -38,7 +38,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 # What every connection tells the server (CLIENT SETINFO), built once: left to redis-py, each
 # new connection reads the package's metadata file again (importlib.metadata, ~1 ms), which
@@ -60,6 +60,10 @@ _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?$")
 
 # What every client type here answers (``Redis`` for one server and Sentinel, ``RedisCluster``).
 RedisClient = aioredis.Redis | RedisCluster
+
+# What a Redis that cannot answer raises, on every topology. redis-py's cluster client
+# raises RedisClusterException, which is not a RedisError, when no node can be reached.
+REDIS_DOWN: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +406,7 @@ class RedisOutage:
         if not self._stale_connections:
             return
         self._stale_connections = False
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_DOWN):
             await drop_idle_connections(self._client)
 
     def failed(self, exc: Exception) -> None:

@@ -40,8 +40,9 @@ from vregistry_server.admin.stores.redis import (
     UPSTREAMS,
     RedisStore,
 )
-from vregistry_server.model import Upstream
+from vregistry_server.model import Attempt, Outcome, Settings, Upstream
 from vregistry_server.oci.token_cache import CachedToken, RedisTokenCache, cache_key
+from vregistry_server.resolve_cache import CachedAnswer, ResolveCache
 
 Topology = SentinelTopology | ClusterTopology
 
@@ -57,6 +58,15 @@ def topology(request: pytest.FixtureRequest) -> Iterator[Topology]:
 
 def _token(value: str) -> CachedToken:
     return CachedToken(value=value, expires_at=time.time() + 300)
+
+
+def _found_answer() -> CachedAnswer:
+    digest = "sha256:" + "a" * 64
+    return CachedAnswer(
+        found=True, attempts=(Attempt("u1", 1, Outcome.FOUND, 200, 1.0),), checked_at=1.0,
+        expires_at=None, stale_until=None, upstream_id="u1", position=1,
+        url="https://u1.example/v2/a/manifests/" + digest, digest=digest,
+    )  # fmt: skip
 
 
 def _key(n: int) -> str:
@@ -99,6 +109,31 @@ async def test_token_cache_stores_reads_and_deletes_on_the_topology(topology: To
             await other.aclose()
     finally:
         await cache.aclose()
+
+
+async def test_a_cluster_with_no_node_reachable_means_memory_only_and_no_error() -> None:
+    """redis-py's cluster client raises RedisClusterException (not a RedisError) when it
+    reaches no node: that is an outage like any other, not a failed call."""
+    url = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"  # nothing listens
+    cache = RedisTokenCache(url, socket_timeout=0.3)
+    try:
+        assert await cache.get(_key(1)) is None
+        await cache.set(_key(1), _token("tok"), 60)
+        assert cache.degraded
+        got = await cache.get(_key(1))  # from process memory
+        assert got is not None and got.value == "tok"
+        await cache.claim_fetch(_key(2), 1.0)
+        await cache.delete_many([_key(1)])
+    finally:
+        await cache.aclose()
+    answers = ResolveCache(Settings(redis_url=url, redis_timeout_seconds=0.3))
+    try:
+        answer = _found_answer()
+        await answers.put("k", "r", answer)
+        found = await answers.get("k", "r", immutable=True)
+        assert found is not None and found.answer == answer and found.layer == "memory"
+    finally:
+        await answers.aclose()
 
 
 async def test_token_cache_answers_through_a_failover_and_serves_from_the_new_master(

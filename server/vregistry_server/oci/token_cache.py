@@ -27,10 +27,9 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
-from vregistry_server.redis_topology import RedisOutage, connect, is_cluster
+from vregistry_server.redis_topology import REDIS_DOWN, RedisOutage, connect, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +245,7 @@ class RedisTokenCache:
         if near is None:
             try:
                 raw = await self._redis.get(key)
-            except (RedisError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 self._mark_degraded(exc)
                 return await self._fallback.get(key)
             self._mark_healthy()
@@ -262,7 +261,7 @@ class RedisTokenCache:
                 pipe.get(key)
                 pipe.pttl(key)
                 raw, pttl_ms = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
             return await self._fallback.get(key)
         self._mark_healthy()
@@ -295,7 +294,7 @@ class RedisTokenCache:
         await self._outage.before_try()
         try:
             await self._redis.set(key, self._encode(key, token), px=ttl_ms)
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
             return
         self._mark_healthy()
@@ -329,7 +328,7 @@ class RedisTokenCache:
                     for start in range(0, len(batch), DELETE_CHUNK_KEYS):
                         pipe.delete(*batch[start : start + DELETE_CHUNK_KEYS])
                     await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
             return
         self._mark_healthy()
@@ -362,7 +361,7 @@ class RedisTokenCache:
                     # EVAL, not EVALSHA: nothing to reload after a failover or a restart.
                     pipe.eval(_CLAIM_SCRIPT, 2, key, lease_key(key), owner, lease_ms)
                 replies: list[Any] = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
             return None
         self._mark_healthy()
@@ -403,7 +402,7 @@ class RedisTokenCache:
             return
         try:
             await script(keys=[lease], args=list(args))
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
             return
         self._mark_healthy()

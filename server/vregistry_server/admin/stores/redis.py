@@ -30,8 +30,8 @@ from typing import Any, cast
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from vregistry_server.admin.crypto import Keyring
 from vregistry_server.admin.records import (
@@ -46,7 +46,13 @@ from vregistry_server.admin.records import (
 )
 from vregistry_server.admin.stores.base import Changes, Conflict
 from vregistry_server.errors import StoreUnavailable
-from vregistry_server.redis_topology import RedisClient, connect, is_cluster, redact_redis_url
+from vregistry_server.redis_topology import (
+    REDIS_DOWN,
+    RedisClient,
+    connect,
+    is_cluster,
+    redact_redis_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +112,7 @@ class RedisStore:
         try:
             await self._migrate_legacy_keys()
             await self._redis.setnx(GENERATION, 0)
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             raise StoreUnavailable(f"cannot reach the Redis store: {type(exc).__name__}") from None
         await self._subscribe()
 
@@ -165,7 +171,7 @@ class RedisStore:
                 pipe.hgetall(UPSTREAMS)
                 pipe.hgetall(REGISTRIES)
                 generation, upstream_docs, registry_docs = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             raise StoreUnavailable(f"cannot read the Redis store: {type(exc).__name__}") from None
         # In a worker thread: opening credentials may derive fingerprints (PBKDF2).
         return await asyncio.to_thread(
@@ -208,7 +214,7 @@ class RedisStore:
                 await pipe.execute()
         except WatchError:
             raise Conflict() from None
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             raise StoreUnavailable(f"cannot write the Redis store: {type(exc).__name__}") from None
         return new_generation
 
@@ -225,7 +231,7 @@ class RedisStore:
                 # After a reconnect, messages may have been missed: reload once.
                 return True
             current = int(await self._redis.get(GENERATION) or 0)
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             log.warning(
                 "config store: Redis unreachable; will retry", extra={"error": type(exc).__name__}
             )
@@ -240,7 +246,7 @@ class RedisStore:
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_DOWN):
                 await pubsub.aclose()
 
     async def reencrypt(self) -> int:
