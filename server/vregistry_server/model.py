@@ -132,7 +132,7 @@ class Registry:
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
     # A CA bundle (PEM) that verifies a rediss:// server, for a private CA (every Redis client).
     redis_ca_file: str | None = None
     # How long one Redis command may take before the caches count Redis as unreachable and
@@ -238,6 +238,10 @@ class Attempt:
     message: str = ""
     retry_after_seconds: int = 0
     reason: str = ""  # the error reason (errors.py) that failed the attempt, if one did
+    # The caller's deadline, not the upstream, ended it: no verdict on the upstream (its
+    # circuit) and no answer to remember or share (a lower position answered only because
+    # this one was not heard out).
+    cut_by_deadline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +260,9 @@ class Resolution:
     attempts: list[Attempt]
     cache_hit: bool = False  # answered from the resolution cache (headers fresh regardless)
     stale: bool = False  # an expired cached answer, served because the upstreams were down
+    # A higher position's probe was ended by the caller's deadline (Attempt.cut_by_deadline):
+    # right for this caller, but neither cached nor given to callers with more time.
+    cut_short: bool = False
     checked_at: float = 0.0  # unix time an upstream last confirmed the answer
     # The immutable cache entry it was answered from (resolve_cache.CachedAnswer), or None:
     # an identity the gRPC face memoises the answer's message by (headers never in it).

@@ -39,8 +39,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from vregistry_server.model import (
     Attempt,
     Credentials,
@@ -53,7 +51,7 @@ from vregistry_server.model import (
 from vregistry_server.oci.auth import auth_identity
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import Endpoint, PathError, RegistryPath, parse_path
-from vregistry_server.redis_topology import RedisClient, RedisOutage, connect
+from vregistry_server.redis_topology import REDIS_DOWN, RedisClient, RedisOutage, connect
 
 log = logging.getLogger(__name__)
 
@@ -278,9 +276,9 @@ class MemoryLayer:
 
     def put(self, key: str, registry_id: str, answer: CachedAnswer, encoded_size: int) -> None:
         size = encoded_size + ENTRY_OVERHEAD_BYTES
+        self._remove(key)  # even when the new one cannot be kept: the old one is outdated
         if self._max_entries <= 0 or size > self._max_bytes:
             return
-        self._remove(key)
         self._entries[key] = (answer, registry_id, size)
         self.bytes += size
         self.changes += 1
@@ -399,7 +397,7 @@ class ResolveCache:
         await self._drop_stale_connections()
         try:
             await self._redis.set(key, encoded, ex=ttl)
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
             return
         self._mark_healthy()
@@ -412,7 +410,7 @@ class ResolveCache:
         await self._drop_stale_connections()
         try:
             await self._redis.delete(key)
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
             return
         self._mark_healthy()
@@ -430,7 +428,7 @@ class ResolveCache:
     async def aclose(self) -> None:
         self.memory.clear()
         if self._redis is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_DOWN):
                 await self._redis.aclose()
 
     # ------------------------------------------------------------------ internals
@@ -458,7 +456,7 @@ class ResolveCache:
                 raw = await self._redis.getex(key, ex=ttl)
             else:
                 raw = await self._redis.get(key)
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
             return None
         self._mark_healthy()
@@ -473,7 +471,7 @@ class ResolveCache:
         assert self._redis is not None
         try:
             await self._redis.expire(key, max(1, math.ceil(until - self._clock())))
-        except (RedisError, OSError) as exc:
+        except REDIS_DOWN as exc:
             self._mark_degraded(exc)
 
     @property

@@ -274,7 +274,7 @@ class Resolver:
         theirs, ended the check. A refresh never joins: it asks for a check made after it.
         """
         try:
-            return await self._checks.run(
+            resolution = await self._checks.run(
                 miss.key, miss.budget, lambda: self._check_and_remember(miss)
             )
         except JoinTimedOut:
@@ -284,6 +284,11 @@ class Resolver:
                 attempts=[],
                 metadata={"registry_id": miss.registry.id, "path": miss.parsed.api_path[:200]},
             ) from None
+        if resolution.cut_short and not miss.budget.ran_out_for_the_caller():
+            # Another caller's deadline ended a higher position's probe: this one has the
+            # time to hear that upstream out.
+            return await self._check_and_remember(miss)
+        return resolution
 
     async def _check_and_remember(self, miss: _Miss) -> Resolution:
         """Ask the upstreams and remember what they said (a miss only when configured)."""
@@ -298,9 +303,22 @@ class Resolver:
                 # Gone upstream (a deleted tag): never to be served again, not even stale.
                 await cache.drop(miss.key)
             raise
+        except ResolveFailed as exc:
+            if miss.found is not None and _answering_upstream_said_gone(miss.found.answer, exc):
+                # Its upstream no longer has it, whatever the others' state: not even stale.
+                await cache.drop(miss.key)
+            raise
+        if resolution.cut_short:
+            # A lower position answered only because the caller's deadline cut a higher one
+            # short: right for this caller, not an answer for everyone.
+            return resolution
         answer = answer_for_hit(miss.parsed, resolution, settings, resolution.checked_at)
         if answer is not None:
             await cache.put(miss.key, registry_id, answer)
+        elif miss.found is not None:
+            # The upstreams answered anew with something that cannot be cached (a redirected
+            # manifest, no digest): the older answer is no longer what they say.
+            await cache.drop(miss.key)
         return resolution
 
     async def _check(self, registry: Registry, parsed: RegistryPath, budget: Budget) -> Resolution:
@@ -457,6 +475,16 @@ def _parse(path: str, parser: Callable[[str], RegistryPath]) -> RegistryPath:
         return parser(path)
     except PathError as exc:
         raise InvalidPath(str(exc)) from None
+
+
+def _answering_upstream_said_gone(answer: CachedAnswer, failure: ResolveFailed) -> bool:
+    """Did the upstream that gave this (found) answer now say "not found"?"""
+    return answer.found and any(
+        a.upstream_id == answer.upstream_id
+        and a.position == answer.position
+        and a.outcome is Outcome.NOT_FOUND
+        for a in failure.attempts
+    )
 
 
 def _may_serve_stale(answer: CachedAnswer, failure: UpstreamsUnavailable, now: float) -> bool:

@@ -19,6 +19,7 @@ import redis
 from tests.support.processes import RedisServer
 from tests.support.proxy import Proxy, ProxyFactory
 from tests.support.registry import RegistryServer
+from tests.support.scripted import Reply, start_scripted
 from tests.support.service import (
     Service,
     error_details,
@@ -32,6 +33,7 @@ from tests.support.waiting import settle, until
 from vregistry.v1 import upstream_service_pb2 as pb
 from vregistry_server.errors import ResolveDeadlineExceeded
 from vregistry_server.model import Config, Registry, RegistryUpstream, Resolution
+from vregistry_server.oci.circuit import State
 from vregistry_server.oci.paths import parse_path
 from vregistry_server.resolve_cache import KEY_PREFIX, ResolveCache
 from vregistry_server.resolver import Resolver
@@ -515,6 +517,129 @@ async def test_a_refresh_that_finds_nothing_drops_the_cached_answer(
     again = await service.resolve("r", path)
     assert not again.cache_hit
     assert proxy.count("HEAD") == 3
+
+
+# --------------------------------------------------------------------------- short deadlines
+# A caller with little time left may get the second upstream's answer because the first one
+# could not answer in that time. That answer is right for that caller only.
+
+
+async def _slow_first(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory, **settings: Any
+) -> tuple[Service, str]:
+    slow = proxy_factory(open_registry, delay_seconds=0.8, fault_methods=("HEAD",))
+    fast = proxy_factory(open_registry)
+    config = _config(("u1", slow.url), ("u2", fast.url), probe_retries=0, **settings)
+    service = await start(config, Clock())
+    return service, open_registry.images[ALPINE].manifest_path
+
+
+async def test_an_answer_a_short_deadline_got_from_a_lower_position_is_not_remembered(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    service, path = await _slow_first(start, open_registry, proxy_factory)
+    resolver = service.resolver
+    hurried = await resolver.resolve_upstream("r", path, caller_remaining=0.4)
+    assert hurried.hit.member.upstream.id == "u2" and hurried.cut_short
+    assert hurried.attempts[0].cut_by_deadline
+    patient = await resolver.resolve_upstream("r", path, caller_remaining=30)
+    assert patient.hit.member.upstream.id == "u1" and not patient.cache_hit
+    again = await resolver.resolve_upstream("r", path, caller_remaining=30)
+    assert again.hit.member.upstream.id == "u1" and again.cache_hit
+
+
+async def test_a_caller_with_time_does_not_take_a_hurried_callers_lower_answer(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    service, path = await _slow_first(start, open_registry, proxy_factory)
+    resolver = service.resolver
+    hurried = asyncio.create_task(resolver.resolve_upstream("r", path, caller_remaining=0.4))
+    await until(lambda: resolver.checks_in_flight == 1, 5.0)
+    joined = await resolver.resolve_upstream("r", path, caller_remaining=30)
+    assert (await hurried).hit.member.upstream.id == "u2"
+    assert joined.hit.member.upstream.id == "u1"
+
+
+async def test_probes_a_callers_deadline_ended_do_not_open_the_upstreams_circuit(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    service, path = await _slow_first(
+        start, open_registry, proxy_factory, circuit_failure_threshold=2
+    )
+    resolver = service.resolver
+    for _ in range(3):
+        await resolver.resolve_upstream("r", path, caller_remaining=0.4, refresh=True)
+    assert resolver.prober.breaker.state("u1") is State.CLOSED
+    patient = await resolver.resolve_upstream("r", path, caller_remaining=30, refresh=True)
+    assert patient.hit.member.upstream.id == "u1"
+
+
+async def test_not_served_stale_once_its_upstream_said_not_found_while_another_was_down(
+    start: Start, open_registry: RegistryServer, proxy_factory: ProxyFactory
+) -> None:
+    first, second = proxy_factory(open_registry), proxy_factory(open_registry)
+    clock = Clock()
+    hour = {"cache_validity_hours": 1}
+    config = _config(
+        ("u1", first.url), ("u2", second.url), u1_extra=hour, u2_extra=hour, probe_retries=0
+    )
+    service = await start(config, clock)
+    path = open_registry.images[ALPINE].manifest_path
+    assert (await service.resolve("r", path)).upstream.id == "u1"
+    clock.advance(HOUR + 1)
+    first.configure(fail_with=404, fault_methods=("HEAD",))  # u1: the tag is gone
+    second.configure(fail_with=503)  # u2: down
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.resolve("r", path)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    first.configure(fail_with=503)  # now u1 is down as well: its old answer must not return
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.resolve("r", path)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_recheck_whose_answer_cannot_be_remembered_drops_the_older_one(
+    start: Start,
+) -> None:
+    """A stand-in (tests/support/scripted.py), since no local registry sends its manifests
+    elsewhere: the tag moves to another digest and is now served by a redirect, an answer
+    that is never cached (resolve_cache.answer_for_hit). The older answer must go with it,
+    or an outage would bring it back, stale, after a check that said otherwise."""
+    tag = "library/alpine/manifests/latest"
+    old, new = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    media_type = "application/vnd.oci.image.manifest.v1+json"
+    state = {"mode": "plain"}
+
+    def script(method: str, path: str) -> Reply:
+        if path == "/v2/":
+            return Reply(200, b"{}")
+        if state["mode"] == "down":
+            return Reply(503, b"down")
+        if state["mode"] == "redirect" and path == f"/v2/{tag}":
+            return Reply(307, b"", {"Location": "/storage/manifest"})
+        digest = new if path == "/storage/manifest" else old
+        return Reply(200, b"", {"Docker-Content-Digest": digest}, content_type=media_type)
+
+    upstream = start_scripted(script)
+    try:
+        clock = Clock()
+        config = _config(
+            ("u1", upstream.url), u1_extra={"cache_validity_hours": 1}, probe_retries=0
+        )
+        service = await start(config, clock)
+        assert (await service.resolve("r", tag)).digest == old
+        clock.advance(HOUR + 1)
+        state["mode"] = "redirect"
+        moved = await service.resolve("r", tag)
+        assert moved.digest == new and not moved.cache_hit
+        state["mode"] = "down"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.resolve("r", tag)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, (
+            "no stale answer older than the last check"
+        )
+    finally:
+        upstream.stop()
 
 
 # --------------------------------------------------------------------------- bounds

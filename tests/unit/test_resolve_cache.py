@@ -122,6 +122,15 @@ def test_replacing_an_entry_does_not_count_its_bytes_twice() -> None:
     assert layer.bytes == 300 + ENTRY_OVERHEAD_BYTES
 
 
+def test_a_replacement_too_large_to_keep_still_drops_the_old_entry() -> None:
+    # The old answer is outdated by the new one: serving it from memory, ahead of Redis,
+    # would answer with what the upstreams no longer say.
+    layer = MemoryLayer(max_entries=10, max_bytes=2000, clock=Clock())
+    layer.put("a", "r", _answer(), 100)
+    layer.put("a", "r", _answer(), 5000)
+    assert layer.get("a") is None and layer.bytes == 0
+
+
 def test_no_entries_allowed_means_no_memory_layer() -> None:
     layer = MemoryLayer(max_entries=0, max_bytes=10**6, clock=Clock())
     layer.put("a", "r", _answer(), 10)

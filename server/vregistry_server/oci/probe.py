@@ -110,11 +110,12 @@ class Prober:
                 attempt, hit = await task
                 attempts.append(attempt)
                 if hit is not None:
+                    cut_short = any(a.cut_by_deadline for a in attempts)
                     attempts += [
                         Attempt(m.upstream.id, m.position, Outcome.NOT_CHECKED)
                         for m in members[index + 1 :]
                     ]
-                    return Resolution(hit, attempts)
+                    return Resolution(hit, attempts, cut_short=cut_short)
         finally:
             pending = [task for task in tasks if not task.done()]
             for task in pending:
@@ -185,10 +186,16 @@ class Prober:
             raise
         elapsed = 0.0 if refused else time.perf_counter() - started
         attempt.latency_ms = round(elapsed * 1000, 3)
+        attempt.cut_by_deadline = attempt.outcome is Outcome.UNAVAILABLE and _caller_ended(
+            budget, probe_budget
+        )
         # Only UNAVAILABLE counts against the circuit: a rate-limited upstream (429 to the
         # probe, to its ping or from its token server) is up and answering, and says when
-        # to come back; opening its circuit would only hide that delay.
-        if attempt.outcome is Outcome.UNAVAILABLE and not refused:
+        # to come back; opening its circuit would only hide that delay. Nor does a probe the
+        # caller's deadline ended: impatient callers would open a healthy upstream's circuit.
+        if attempt.cut_by_deadline:
+            self.breaker.release(upstream.id)
+        elif attempt.outcome is Outcome.UNAVAILABLE and not refused:
             self.breaker.record_failure(upstream.id)
         else:
             self.breaker.record_success(upstream.id)
@@ -334,6 +341,15 @@ class Prober:
             follow_redirects=False,
             scope=scope,
         )
+
+
+def _caller_ended(budget: Budget, probe_budget: Budget) -> bool:
+    """Did the caller's deadline (not the probe timeout) end this probe?"""
+    return (
+        budget.caller_limited
+        and probe_budget.deadline >= budget.deadline
+        and probe_budget.remaining() <= 0.001
+    )
 
 
 def _redirect_target_upstream(upstream: Upstream, url: httpx.URL) -> Upstream:

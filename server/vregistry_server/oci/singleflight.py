@@ -67,7 +67,9 @@ class SharedCalls(Generic[T]):
 
     async def run(self, key: str, budget: Budget, call: Callable[[], Awaitable[T]]) -> T:
         shared = self._running.get(key)
-        if shared is None or shared.task.done():
+        # A call being cancelled (its last waiter left a moment ago) is not joined: it would
+        # hand this caller a CancelledError it never asked for.
+        if shared is None or shared.task.done() or shared.task.cancelling():
             return await self._wait(self._start(key, budget, call), None)
         self._on_join()
         try:
