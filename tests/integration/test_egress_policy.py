@@ -266,8 +266,8 @@ def _token_answer(method: str, path: str) -> Answer:
     return Answer(200, body=b'{"access_token": "stolen", "expires_in": 300}')
 
 
-@pytest.mark.parametrize("status", [307, 308])
-async def test_oauth2_form_never_follows_a_307_to_another_host(
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_oauth2_form_never_follows_a_redirect_to_another_host(
     service_factory: object, status: int
 ) -> None:
     elsewhere = start_recording(_token_answer, host=OTHER_HOST)

@@ -30,7 +30,7 @@ from tests.support.certs import make_pki
 from tests.support.hostile import Conversation, SocketServer, read_head
 from tests.support.processes import LOCALHOST
 from tests.support.registry import RegistryServer
-from vregistry_server.errors import UpstreamUnreachable
+from vregistry_server.errors import UpstreamProtocolError, UpstreamUnreachable
 from vregistry_server.oci import http, wire
 from vregistry_server.oci.egress import AddressClass, EgressScope, enter_scope, leave_scope
 
@@ -535,6 +535,61 @@ async def test_a_truncated_gzip_body_is_refused(
     server = serve(answering(response("200 OK", cut, "Content-Encoding: gzip")))
     with pytest.raises(wire.BadResponse, match="not valid gzip"):
         await get(client, server.url)
+
+
+async def test_chunked_trailers_never_become_headers(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    # A trailer naming a digest, a Location or an encoding the head did not name is dropped.
+    server = serve(
+        answering(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+            b"Docker-Content-Digest: sha256:forged\r\nLocation: /x\r\n"
+            b"Content-Encoding: gzip\r\n\r\n"
+        )
+    )
+    reply = await get(client, server.url)
+    assert (reply.status, reply.body) == (200, b"hello")
+    assert not {"Docker-Content-Digest", "Location", "Content-Encoding"} & set(reply.headers)
+
+
+async def test_a_status_below_100_is_a_protocol_error(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    # Read as an interim response, its body would have been glued to the next response's.
+    server = serve(answering(response("099 Odd", b"hello") + response("200 OK", b"abc")))
+    with pytest.raises(wire.BadResponse, match="invalid status code 99"):
+        await get(client, server.url)
+
+
+async def test_zlib_deflate_with_any_window_is_undone(
+    client: wire.Wire, serve: Callable[..., SocketServer]
+) -> None:
+    for wbits in (9, 12, 15):
+        squeeze = zlib.compressobj(wbits=wbits)
+        body = squeeze.compress(b"small window") + squeeze.flush()
+        server = serve(answering(response("200 OK", body, "Content-Encoding: deflate")))
+        assert (await get(client, server.url)).body == b"small window"
+
+
+async def test_a_location_that_is_no_url_is_a_protocol_error(
+    serve: Callable[..., SocketServer],
+) -> None:
+    token = enter_scope(LOOPBACK_SCOPE)
+    upstream_client = http.UpstreamClient(connect_timeout=2, request_timeout=2)
+    try:
+        # An unclosed IPv6 bracket, a port out of range, a name IDNA refuses, a hex port.
+        for location in ("http://[::1", f"http://{LOCALHOST}:99999/", "http://a..b/",
+                         "http://[::1]:0x50/"):  # fmt: skip
+            server = serve(answering(response("302 Found", b"", f"Location: {location}")))
+            with pytest.raises(UpstreamProtocolError, match="invalid Location"):
+                await http.send(
+                    upstream_client, "GET", server.url + "/v2/",
+                    budget=http.Budget.start(2), scope=LOOPBACK_SCOPE,
+                )  # fmt: skip
+    finally:
+        await upstream_client.aclose()
+        leave_scope(token)
 
 
 CASES: dict[str, Callable[..., Awaitable[None]]] = {

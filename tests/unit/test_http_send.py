@@ -9,6 +9,7 @@ test_connection_hygiene.py the wire's cookies and User-Agent).
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import httpx
 import pytest
@@ -60,6 +61,30 @@ async def test_the_budget_sets_the_timeouts() -> None:
     total, short_total = timeouts
     assert 4.5 < total <= 5
     assert short_total <= 1, "the exchange never outlasts the budget"
+
+
+async def test_redirect_hops_share_one_budget() -> None:
+    # Each hop gets what the earlier hops left, so the exchange (and its in-flight slot)
+    # never outlasts the budget, however many redirects the upstream sends.
+    timeouts: list[float] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.15)
+        hop = int(request.url.params.get("n", "0"))
+        if hop < 3:
+            return httpx.Response(302, headers={"Location": f"/r?n={hop + 1}"})
+        return httpx.Response(200, content=b"done")
+
+    class Recording(MockClient):
+        async def fetch(self, method, url, **kwargs):  # type: ignore[no-untyped-def]
+            timeouts.append(kwargs["seconds"])
+            return await super().fetch(method, url, **kwargs)
+
+    client = Recording(handle, connect_timeout=2.0)
+    response = await send(client, "GET", "http://default.test/r", budget=Budget.start(5))
+    assert response.body == b"done" and len(timeouts) == 4
+    assert all(later < earlier - 0.1 for earlier, later in itertools.pairwise(timeouts))
+    assert timeouts[0] <= 5 and timeouts[-1] <= 5 - 3 * 0.15 + 0.05
 
 
 def test_the_wire_connects_within_the_configured_connect_timeout() -> None:

@@ -448,27 +448,32 @@ async def _exchange(
     # connection of every hop, and does not leak to the caller.
     enter_scope(scope)
     original = current
+    # One budget for every hop together: each redirect gets what the previous ones left.
+    until = time.monotonic() + seconds
     try:
         for _hop in range(MAX_REDIRECTS + 1):
             await _check_literal(scope, current)
+            left = until - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
             reply = await client.fetch(
                 method,
                 current,
                 headers=headers,
                 data=data,
-                seconds=seconds,
+                seconds=left,
                 scope=scope,
                 read_body=read_body,
                 limit=MAX_BODY_BYTES,
             )
             location = reply.headers.get("location")
             if follow_redirects and reply.status in REDIRECT_STATUSES and location:
-                target = current.join(URL(location))
+                target = _redirect_target(current, location)
                 check_redirect(current, target)
                 if redirect_check is not None:
                     redirect_check(httpx.URL(str(target)))
                 if not same_host(target, original):
-                    _refuse_body_elsewhere(reply.status, data, current, target)
+                    _refuse_body_elsewhere(data, current, target)
                     headers.pop("Authorization", None)
                     headers.pop("authorization", None)
                 if reply.status == 303 and method != "HEAD":
@@ -509,13 +514,26 @@ async def _check_literal(scope: EgressScope, url: URL) -> None:
         raise EgressRefused(f"{refusal}; nothing was sent")
 
 
-def _refuse_body_elsewhere(
-    status: int, data: dict[str, str] | None, current: URL, target: URL
-) -> None:
-    """A 307/308 replays the body; to another host that would hand it the OAuth2 form
-    (password, refresh token). Refused rather than sent without a body: a body-less token
-    POST could only fail, and the redirect itself is the hostile part."""
-    if data and status in {307, 308}:
+def _redirect_target(current: URL, location: str) -> URL:
+    """Where a Location points, or UpstreamProtocolError for one that is no URL (a bad
+    port, an unclosed IPv6 bracket, a host IDNA refuses): the upstream's fault, not ours."""
+    try:
+        target = current.join(URL(location))
+        httpx.URL(str(target))  # what the redirect checks parse it with
+        (target.raw_host or "").encode("idna")  # a name no resolver could be asked for
+    except (ValueError, httpx.InvalidURL):  # UnicodeError (IDNA) is a ValueError
+        raise UpstreamProtocolError(
+            f"{_origin(current)} redirected to an invalid Location {location[:200]!r}"
+        ) from None
+    return target
+
+
+def _refuse_body_elsewhere(data: dict[str, str] | None, current: URL, target: URL) -> None:
+    """A request with a form (the OAuth2 token POST: password, refresh token) redirected to
+    another host is refused, whatever the status: a 301, 302, 307 or 308 would send the form
+    there again, and a 303 would turn the POST into a body-less GET that could only fail.
+    The redirect itself is the hostile part."""
+    if data:
         raise RealmRefused(
             "redirect",
             f"the token server at {_origin(current)} redirected the token request with its form "

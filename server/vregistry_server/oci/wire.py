@@ -132,6 +132,7 @@ class _Connection(asyncio.Protocol):
         self._keep = False
         self._status = 0
         self._interim = False
+        self._in_trailers = False  # past the head: header callbacks now are chunked trailers
 
     # -- asyncio.Protocol
 
@@ -192,15 +193,22 @@ class _Connection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise BadResponse(f"response headers larger than {MAX_HEADER_BYTES} bytes")
+        if self._in_trailers:
+            # A chunked body's trailer fields are never the response's headers: a trailer
+            # could otherwise name a digest, a Location or a Content-Encoding the head did not.
+            return
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         assert parser is not None
         self._status = status = parser.get_status_code()
+        if status < 100:
+            raise BadResponse(f"invalid status code {status}")
         if status < 200:
             self._interim_response(status)
             return
+        self._in_trailers = True
         if self._head:
             # llhttp is not told the method, so without a length it would wait for the
             # connection's end; a HEAD response has no body whatever its headers say.
@@ -357,9 +365,14 @@ def _decoded(headers: Headers, body: bytes, limit: int) -> bytes | None:
         return _inflate(body, limit, 16 + zlib.MAX_WBITS, encoding)
     if encoding == "deflate":
         # RFC 9110 means zlib-wrapped; some servers send it raw (as browsers accept).
-        wbits = zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS
+        wbits = zlib.MAX_WBITS if _zlib_header(body) else -zlib.MAX_WBITS
         return _inflate(body, limit, wbits, encoding)
     raise BadResponse(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _zlib_header(body: bytes) -> bool:
+    """A zlib stream's two header bytes (RFC 1950: deflate, any window, a valid check)."""
+    return len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
 
 
 def _inflate(body: bytes, limit: int, wbits: int, encoding: str) -> bytes | None:
@@ -557,7 +570,7 @@ class Pool:
             return await guarded_addresses(host, port, self._resolve)
         except EgressRefusedError:
             raise
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
             raise ConnectFailed(f"cannot resolve {host}", exc) from exc
 
     async def _dial(self, origin: tuple[str, str, int], addresses: list[str]) -> _Connection:
