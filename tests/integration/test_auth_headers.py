@@ -194,14 +194,16 @@ async def test_concurrent_misses_make_one_ping_and_one_token_request(
 async def test_token_refreshed_when_it_expires(
     service_factory: StartService, token_registry: RegistryServer, token_server: TokenServer
 ) -> None:
-    # A 61 s token with a 60 s safety margin stays in the cache for one second.
-    token_server.configure(expires_in=61)
+    # A 62 s token with a 60 s safety margin stays in the cache for one to two seconds: its
+    # lifetime runs from the issued_at the token server gives in whole seconds (up to one
+    # second before it answered; with 61 s a token issued at x.99 s was never cached).
+    token_server.configure(expires_in=62)
     service = await _single(
         service_factory, token_registry.url, settings={"token_expiry_margin_seconds": 60}
     )
     first = await service.auth("up", "public/alpine/manifests/latest")
     assert (await service.auth("up", "public/alpine/manifests/latest")).cache_hit
-    await asyncio.sleep(1.3)
+    await asyncio.sleep(2.3)
     refreshed = await service.auth("up", "public/alpine/manifests/latest")
     assert not refreshed.cache_hit
     assert refreshed.expires_at.seconds >= first.expires_at.seconds
@@ -240,6 +242,25 @@ async def test_expires_in_rules(
     now = time.time()
     reply = await service.auth("up", "public/alpine/manifests/latest")
     assert abs(reply.expires_at.seconds - (now + expected_lifetime)) <= 3
+
+
+@pytest.mark.parametrize("offset", [290.0, -120.0, 20.0])
+async def test_a_token_servers_clock_never_stretches_or_voids_a_tokens_lifetime(
+    service_factory: StartService,
+    token_registry: RegistryServer,
+    token_server: TokenServer,
+    offset: float,
+) -> None:
+    """Its clock ahead: the token still lives ``expires_in`` from now, not longer (the
+    registry, on that clock, expires it then). Behind: not expired on arrival, and cached."""
+    token_server.configure(expires_in=60, issued_at_offset_seconds=offset)
+    service = await _single(service_factory, token_registry.url)
+    now = time.time()
+    first = await service.auth("up", "public/alpine/manifests/latest")
+    assert now + 57 <= first.expires_at.seconds <= now + 61
+    again = await service.auth("up", "public/alpine/manifests/latest")
+    assert again.cache_hit
+    assert len(token_server.records) == 1
 
 
 # --------------------------------------------------------------------------- OAuth2 flow

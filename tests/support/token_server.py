@@ -62,6 +62,9 @@ class TokenServerKnobs:
     #: Whether answers carry ``expires_in`` / ``issued_at`` at all.
     include_expires_in: bool = True
     include_issued_at: bool = True
+    #: Seconds added to the ``issued_at`` an answer reports (the JWT itself is unchanged): a
+    #: token server whose clock runs ahead (> 0) or behind (< 0) of ours.
+    issued_at_offset_seconds: float = 0.0
     #: Which fields a GET answer puts the token in ("token" and/or "access_token").
     get_token_fields: tuple[str, ...] = ("token", "access_token")
     #: Answer every GET with this status (e.g. 404/405/400, as ACR does) instead of a token.
@@ -179,6 +182,7 @@ class TokenServer(BackgroundHTTPServer):
     expires_in: Knob[int] = Knob()
     include_expires_in: Knob[bool] = Knob()
     include_issued_at: Knob[bool] = Knob()
+    issued_at_offset_seconds: Knob[float] = Knob()
     get_token_fields: Knob[tuple[str, ...]] = Knob()
     get_status_override: Knob[int | None] = Knob()
     post_disabled: Knob[bool] = Knob()
@@ -608,7 +612,8 @@ class TokenServer(BackgroundHTTPServer):
         if knobs.include_expires_in:
             out["expires_in"] = knobs.expires_in
         if knobs.include_issued_at:
-            out["issued_at"] = _rfc3339(issued_at)
+            offset = dt.timedelta(seconds=knobs.issued_at_offset_seconds)
+            out["issued_at"] = _rfc3339(issued_at + offset)
         return out
 
     def _new_refresh_token(self, username: str) -> str:

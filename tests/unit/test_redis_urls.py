@@ -16,6 +16,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from vregistry_server.config import ConfigError, build_config
+from vregistry_server.model import Settings
 from vregistry_server.redis_topology import connect, parse_redis_url, redact_redis_url
 
 PASSWORD = "hunter2-s3cret"
@@ -159,6 +160,12 @@ def test_a_target_repr_never_shows_the_password_or_the_url() -> None:
         target = parse_redis_url(url)
         assert PASSWORD not in repr(target) and PASSWORD not in str(target)
         assert PASSWORD not in target.redacted()
+
+
+def test_the_settings_repr_never_shows_the_redis_url() -> None:
+    # A Settings is printed whole by a failed assertion, a debugger, a log line of a crash.
+    settings = Settings(redis_url=f"redis://u:{PASSWORD}@h:6379/0")
+    assert PASSWORD not in repr(settings) and PASSWORD not in str(settings)
 
 
 async def test_connect_builds_the_client_of_each_topology(tmp_path: Path) -> None:

@@ -45,8 +45,11 @@ from vregistry_server.oci.retry import (
 
 # The Docker token spec: expires_in defaults to 60 s and should never be less.
 MIN_TOKEN_LIFETIME_SECONDS = 60.0
-# issued_at further than this from our clock is treated as clock skew and ignored.
-MAX_ISSUED_AT_SKEW_SECONDS = 300.0
+# An issued_at up to this much before our clock is the token's age in transit: its lifetime
+# runs from then. Any other (later than our clock, or older) is the token server's clock
+# differing from ours: the lifetime runs from our clock, which is also when the registry, on
+# the token server's clock, will see it expire.
+MAX_ISSUED_AT_AGE_SECONDS = 30.0
 # Statuses with which a token server says "not this flow" rather than "broken".
 _FLOW_REFUSED_STATUSES = frozenset({400, 401, 403, 404, 405})
 
@@ -273,9 +276,8 @@ def _expiry(payload: dict[str, Any]) -> float:
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
         lifetime = max(float(expires_in), MIN_TOKEN_LIFETIME_SECONDS)
     issued = _parse_issued_at(payload.get("issued_at"))
-    start = (
-        issued if issued is not None and abs(issued - now) <= MAX_ISSUED_AT_SKEW_SECONDS else now
-    )
+    in_transit = issued is not None and 0.0 <= now - issued <= MAX_ISSUED_AT_AGE_SECONDS
+    start = issued if in_transit and issued is not None else now
     return start + lifetime
 
 
