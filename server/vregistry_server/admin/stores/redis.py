@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from redis.asyncio.retry import Retry
@@ -75,6 +76,8 @@ return 1
 """
 # A reload this often even without a message: covers a Redis that lost its data.
 FULL_RELOAD_SECONDS = 10.0
+# How long closing a Redis connection may take before it is dropped (see _bounded_close).
+CLOSE_SECONDS = 2.0
 
 
 class RedisStore:
@@ -246,8 +249,7 @@ class RedisStore:
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            with contextlib.suppress(*REDIS_DOWN):
-                await pubsub.aclose()
+            await _bounded_close(pubsub.aclose(), lambda: pubsub.connection)
 
     async def reencrypt(self) -> int:
         keyring = self._keyring
@@ -278,4 +280,23 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self._drop_pubsub()
-        await self._redis.aclose()
+        await _bounded_close(self._redis.aclose(), lambda: None)
+
+
+async def _bounded_close(closing: Awaitable[None], connection: Callable[[], Any]) -> None:
+    """Close within CLOSE_SECONDS, whatever Redis does: redis-py can wait for ever for a
+    socket to finish closing (``wait_closed``, redis/redis-py#3941), and a shutdown, or the
+    watch loop dropping its subscription, must not hang on that. Past the bound the
+    connection (if known) is dropped without waiting."""
+    try:
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await closing
+        return
+    except TimeoutError:  # an OSError too: before REDIS_DOWN
+        log.warning("config store: Redis connection did not close in time; dropped")
+    except REDIS_DOWN:
+        return
+    stuck = connection()
+    if stuck is not None:
+        with contextlib.suppress(*REDIS_DOWN):
+            await stuck.disconnect(nowait=True)
