@@ -22,11 +22,12 @@ Keys that one command, transaction or script touches together must share a hash 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -366,6 +367,32 @@ async def drop_idle_connections(client: RedisClient) -> None:
     """
     if isinstance(client, aioredis.Redis):
         await client.connection_pool.disconnect(inuse_connections=False)
+
+
+# How long closing a Redis client or connection may take before it is dropped.
+CLOSE_SECONDS = 2.0
+
+
+async def close_bounded(
+    closing: Awaitable[None], what: str, connection: Callable[[], Any] | None = None
+) -> None:
+    """Await ``closing`` (a client's or a pub/sub's ``aclose()``) for at most CLOSE_SECONDS,
+    whatever Redis does: redis-py can wait for ever for a socket to finish closing
+    (``wait_closed``, redis/redis-py#3941), and a shutdown, or a subscription dropped after
+    an error, must not hang on that. Past the bound the connection ``connection()`` names,
+    if any, is dropped without waiting. A Redis that cannot answer is no error here."""
+    try:
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await closing
+        return
+    except TimeoutError:  # an OSError too: before REDIS_DOWN
+        logging.getLogger(__name__).warning(f"{what}: Redis connection did not close in time")
+    except REDIS_DOWN:
+        return
+    stuck = connection() if connection is not None else None
+    if stuck is not None:
+        with contextlib.suppress(*REDIS_DOWN):
+            await stuck.disconnect(nowait=True)
 
 
 # While degraded, Redis is tried again only after this long.

@@ -26,7 +26,6 @@ call: the cache degrades to process memory and tries Redis again after a short b
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,7 +50,13 @@ from vregistry_server.model import (
 from vregistry_server.oci.auth import auth_identity
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
 from vregistry_server.oci.paths import Endpoint, PathError, RegistryPath, parse_path
-from vregistry_server.redis_topology import REDIS_DOWN, RedisClient, RedisOutage, connect
+from vregistry_server.redis_topology import (
+    REDIS_DOWN,
+    RedisClient,
+    RedisOutage,
+    close_bounded,
+    connect,
+)
 
 log = logging.getLogger(__name__)
 
@@ -428,8 +433,7 @@ class ResolveCache:
     async def aclose(self) -> None:
         self.memory.clear()
         if self._redis is not None:
-            with contextlib.suppress(*REDIS_DOWN):
-                await self._redis.aclose()
+            await close_bounded(self._redis.aclose(), "resolution cache")
 
     # ------------------------------------------------------------------ internals
 

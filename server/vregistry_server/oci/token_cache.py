@@ -29,7 +29,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.commands.core import AsyncScript
 
 from vregistry_server.oci.observer import NULL_OBSERVER, Observer
-from vregistry_server.redis_topology import REDIS_DOWN, RedisOutage, connect, is_cluster
+from vregistry_server.redis_topology import (
+    REDIS_DOWN,
+    RedisOutage,
+    close_bounded,
+    connect,
+    is_cluster,
+)
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +421,7 @@ class RedisTokenCache:
         )
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await close_bounded(self._redis.aclose(), "token cache")
 
     def _encode(self, key: str, token: CachedToken) -> str:
         plain = _encode(token)

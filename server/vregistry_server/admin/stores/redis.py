@@ -21,11 +21,9 @@ to the new names once, atomically, by the first replica that opens them (``open`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from redis.asyncio.retry import Retry
@@ -50,6 +48,7 @@ from vregistry_server.errors import StoreUnavailable
 from vregistry_server.redis_topology import (
     REDIS_DOWN,
     RedisClient,
+    close_bounded,
     connect,
     is_cluster,
     redact_redis_url,
@@ -76,8 +75,6 @@ return 1
 """
 # A reload this often even without a message: covers a Redis that lost its data.
 FULL_RELOAD_SECONDS = 10.0
-# How long closing a Redis connection may take before it is dropped (see _bounded_close).
-CLOSE_SECONDS = 2.0
 
 
 class RedisStore:
@@ -249,7 +246,7 @@ class RedisStore:
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            await _bounded_close(pubsub.aclose(), lambda: pubsub.connection)
+            await close_bounded(pubsub.aclose(), "config store", lambda: pubsub.connection)
 
     async def reencrypt(self) -> int:
         keyring = self._keyring
@@ -280,23 +277,4 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self._drop_pubsub()
-        await _bounded_close(self._redis.aclose(), lambda: None)
-
-
-async def _bounded_close(closing: Awaitable[None], connection: Callable[[], Any]) -> None:
-    """Close within CLOSE_SECONDS, whatever Redis does: redis-py can wait for ever for a
-    socket to finish closing (``wait_closed``, redis/redis-py#3941), and a shutdown, or the
-    watch loop dropping its subscription, must not hang on that. Past the bound the
-    connection (if known) is dropped without waiting."""
-    try:
-        async with asyncio.timeout(CLOSE_SECONDS):
-            await closing
-        return
-    except TimeoutError:  # an OSError too: before REDIS_DOWN
-        log.warning("config store: Redis connection did not close in time; dropped")
-    except REDIS_DOWN:
-        return
-    stuck = connection()
-    if stuck is not None:
-        with contextlib.suppress(*REDIS_DOWN):
-            await stuck.disconnect(nowait=True)
+        await close_bounded(self._redis.aclose(), "config store")
