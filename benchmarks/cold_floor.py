@@ -103,13 +103,14 @@ class _Upstream:
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urllib.parse.urlsplit(url)
+        self.netloc = parts.netloc
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.request = self._request(_bearer_token(url))
         self.idle: list[_HeadConnection] = []
 
     def _request(self, token: str) -> bytes:
         return (
-            f"HEAD /v2/{HOT_PATH} HTTP/1.1\r\nHost: {urllib.parse.urlsplit(self.url).netloc}\r\n"
+            f"HEAD /v2/{HOT_PATH} HTTP/1.1\r\nHost: {self.netloc}\r\n"
             f"Accept: {MANIFEST_ACCEPT}\r\nAuthorization: Bearer {token}\r\n"
             "User-Agent: cold-floor\r\n\r\n"
         ).encode()

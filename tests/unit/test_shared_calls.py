@@ -154,21 +154,13 @@ async def test_a_caller_arriving_while_the_call_is_being_cancelled_starts_its_ow
     """The last waiter left, the call is being cancelled: a newcomer in that moment must
     not inherit a CancelledError it never asked for."""
     shared: SharedCalls[str] = SharedCalls()
-    release = asyncio.Event()
-    starts = 0
-
-    async def call() -> str:
-        nonlocal starts
-        starts += 1
-        await release.wait()
-        return "answer"
-
+    call = Call()
     first = asyncio.create_task(shared.run("k", _long(), call))
     await settle()
     first.cancel()  # its caller went away; the call's cancellation is now pending
     second = asyncio.create_task(shared.run("k", _long(), call))
-    release.set()
+    call.release.set()
     results = await asyncio.gather(first, second, return_exceptions=True)
     assert isinstance(results[0], asyncio.CancelledError)
     assert results[1] == "answer"
-    assert starts == 2
+    assert call.started == 2

@@ -276,8 +276,9 @@ def _expiry(payload: dict[str, Any]) -> float:
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
         lifetime = max(float(expires_in), MIN_TOKEN_LIFETIME_SECONDS)
     issued = _parse_issued_at(payload.get("issued_at"))
-    in_transit = issued is not None and 0.0 <= now - issued <= MAX_ISSUED_AT_AGE_SECONDS
-    start = issued if in_transit and issued is not None else now
+    start = now
+    if issued is not None and 0.0 <= now - issued <= MAX_ISSUED_AT_AGE_SECONDS:
+        start = issued  # the token's age in transit
     return start + lifetime
 
 

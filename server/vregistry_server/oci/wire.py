@@ -132,7 +132,6 @@ class _Connection(asyncio.Protocol):
         self._keep = False
         self._status = 0
         self._interim = False
-        self._in_trailers = False  # past the head: header callbacks now are chunked trailers
 
     # -- asyncio.Protocol
 
@@ -193,9 +192,10 @@ class _Connection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise BadResponse(f"response headers larger than {MAX_HEADER_BYTES} bytes")
-        if self._in_trailers:
-            # A chunked body's trailer fields are never the response's headers: a trailer
-            # could otherwise name a digest, a Location or a Content-Encoding the head did not.
+        if self._status >= 200:
+            # Past the final response's head: a chunked body's trailer fields, never the
+            # response's headers (a trailer could otherwise name a digest, a Location or a
+            # Content-Encoding the head did not).
             return
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
@@ -208,7 +208,6 @@ class _Connection(asyncio.Protocol):
         if status < 200:
             self._interim_response(status)
             return
-        self._in_trailers = True
         if self._head:
             # llhttp is not told the method, so without a length it would wait for the
             # connection's end; a HEAD response has no body whatever its headers say.
